@@ -1,0 +1,106 @@
+"""Files every stage shares: atomic writes, JSONL with errors that name file and line, append-only
+logs that survive a kill, and the progress bar long stages show."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class InputError(ValueError):
+    """Bad input from a user's file: the message names the file, the item and the fix."""
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | InputError]]:
+    """(line number, row) for each non-blank line; a malformed line yields an InputError instead,
+    so a caller can report it and go on with the rest of the file."""
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("a line must hold one JSON object")
+                yield lineno, row
+            except ValueError as err:
+                yield lineno, InputError(f"{path}, line {lineno}: not a JSON object ({err}); "
+                                         "fix or delete that line")
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """All rows of a JSONL file; the first bad line raises an error naming file, line and fix."""
+    if not Path(path).exists():
+        raise InputError(f"{path}: no such file")
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        if isinstance(row, InputError):
+            raise row
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise InputError(f"{path}, line {lineno}: missing {missing}; every row needs {list(required)}")
+        rows.append(row)
+    return rows
+
+
+class AppendLog:
+    """An append-only JSONL log that a killed process can resume from.
+
+    Each `append` is one line, flushed and fsynced. A kill can leave at most the last line
+    truncated; opening the log drops such a line (rewriting the file atomically), so every row
+    read back was written whole.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if self.path.exists():
+            text = self.path.read_text()
+            lines = text.splitlines()
+            for line in lines:
+                try:
+                    self.rows.append(json.loads(line))
+                except ValueError:
+                    break  # a truncated write: everything before it is whole
+            if len(self.rows) < len(lines) or (text and not text.endswith("\n")):
+                write_jsonl(self.path, self.rows)
+
+    def append(self, row: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows.append(row)
+
+
+def progress_bar(disable: bool = False) -> Progress:
+    """A bar with count, rate, elapsed time and ETA (rich)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), disable=disable)

@@ -1,0 +1,118 @@
+"""Batched sampling behind one small interface: `sampler.generate(prompts, n, max_new_tokens, seed)`.
+
+Backends: `HFSampler` (transformers `generate` with the KV cache; CPU or GPU) here, and
+`VLLMSampler` in `generate_vllm.py` when vLLM is installed. `make_sampler` picks one by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import zlib
+from typing import Protocol
+
+import torch
+
+from prefixrl.models import n_params
+
+
+@dataclass
+class Sample:
+    text: str  # the generated continuation, special tokens removed
+    token_ids: list[int]  # generated token ids, <eos> included when the model stopped
+    prompt_tokens: int  # tokens the model read before generating (prompt + any prefix)
+    logprobs: list[float] = field(default_factory=list)  # behaviour log-probs of token_ids
+
+    @property
+    def tokens(self) -> int:
+        """Tokens this sample cost at inference: D in 2·N·D (read + generated)."""
+        return self.prompt_tokens + len(self.token_ids)
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 256  # sequences per forward batch (prompts x samples)
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+class Sampler(Protocol):
+    n_params: int
+    params: SamplingParams
+
+    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
+        """n samples for each prompt, as a list (one entry per prompt) of n Samples."""
+
+
+class HFSampler:
+    """Sampling with `model.generate` (KV cache on), `batch_size` sequences at a time."""
+
+    def __init__(self, model, tokenizer, params: SamplingParams | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.params = params or SamplingParams()
+        self.n_params = n_params(model)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
+        flat = [p for p in prompts for _ in range(n)]
+        out: list[Sample] = []
+        for start in range(0, len(flat), self.params.batch_size):
+            out.extend(self._generate_batch(flat[start:start + self.params.batch_size], seed + start))
+        return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _generate_batch(self, prompts: list[str], seed: int) -> list[Sample]:
+        p = self.params
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(self.model.device)
+        torch.manual_seed(seed)
+        result = self.model.generate(
+            **enc, do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=0,
+            max_new_tokens=p.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id, return_dict_in_generate=True, output_scores=True,
+        )
+        new_tokens = result.sequences[:, enc["input_ids"].shape[1]:]
+        # scores are the processed (temperature-scaled) logits: the behaviour policy that sampled
+        logprobs = torch.stack(result.scores, dim=1).log_softmax(-1)
+        token_logprobs = logprobs.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        prompt_lengths = enc["attention_mask"].sum(1).tolist()
+        samples = []
+        for row, n_prompt, row_logprobs in zip(new_tokens.tolist(), prompt_lengths, token_logprobs.tolist()):
+            length = _length_until_eos(row, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+            ids = row[:length]
+            samples.append(Sample(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
+                                  prompt_tokens=n_prompt, logprobs=row_logprobs[:length]))
+        return samples
+
+
+def _length_until_eos(row: list[int], eos_id: int, pad_id: int) -> int:
+    """Generated length with the <eos> counted; rows that finished early are padded after it."""
+    for i, tok in enumerate(row):
+        if tok == eos_id:
+            return i + 1
+        if tok == pad_id and pad_id != eos_id:
+            return i
+    return len(row)
+
+
+def stable_seed(seed: int, key: str) -> int:
+    """A per-item seed that is the same in every process (Python's hash() is salted)."""
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % 2**31
+
+
+def make_sampler(backend: str, model_path: str, params: SamplingParams, device: str | None = None) -> Sampler:
+    if backend == "hf":
+        from prefixrl.models import load_model
+
+        model, tokenizer = load_model(model_path, device=device)
+        return HFSampler(model, tokenizer, params)
+    if backend == "vllm":
+        from prefixrl.generate_vllm import VLLMSampler
+
+        return VLLMSampler(model_path, params)
+    raise ValueError(f"unknown generation backend {backend!r}: use 'hf' or 'vllm'")

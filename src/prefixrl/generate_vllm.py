@@ -1,0 +1,39 @@
+"""vLLM generation backend (GPU only; `pip install prefixrl[vllm]`).
+
+vLLM has no CPU wheel for this stack, so this file is kept thin and imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from prefixrl.generate import Sample, SamplingParams
+from prefixrl.models import count_params_from_config
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(
+            "the 'vllm' generation backend needs vLLM, which is not installed. On a CUDA machine: "
+            "`pip install 'prefixrl[vllm]'` (see the README's 'On GPUs' section for a version set that "
+            "matches torch and transformers), or use `--backend hf`."
+        ) from err
+    return vllm
+
+
+class VLLMSampler:
+    def __init__(self, model_path: str, params: SamplingParams, **llm_kwargs):
+        vllm = _import_vllm()
+        self.params = params
+        self.llm = vllm.LLM(model=model_path, **llm_kwargs)
+        self.n_params = count_params_from_config(model_path)
+        self._vllm = vllm
+
+    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
+        p = self.params
+        sampling = self._vllm.SamplingParams(n=n, temperature=p.temperature, top_p=p.top_p,
+                                             max_tokens=p.max_new_tokens, seed=seed, logprobs=0)
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        return [[Sample(text=c.text, token_ids=list(c.token_ids), prompt_tokens=len(o.prompt_token_ids),
+                        logprobs=[lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs or [])])
+                 for c in o.outputs] for o in outputs]

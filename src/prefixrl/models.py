@@ -1,0 +1,97 @@
+"""Models and tokenizers: any Hugging Face causal LM, and the tiny offline ones built here.
+
+One code path serves a 0.5 M-parameter toy and an 8 B model: everything downstream takes a
+`transformers` model and tokenizer. The tiny ones are a `LlamaConfig` model and a character-level
+`PreTrainedTokenizerFast` built offline from a `tokenizers` object, so nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from dataclasses import asdict, dataclass
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>", "bos_token": "<bos>"}
+CHARS = string.printable.replace("\x0b", "").replace("\x0c", "").replace("\r", "")
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII: any task text round-trips exactly."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS.values())}
+    for ch in CHARS:
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"(?m)."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, padding_side="left")
+
+
+@dataclass
+class TinyModelConfig:
+    """Size of a task's base model (defaults: about 0.6 M parameters, fast on 2 CPU cores)."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 256
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of "
+                             f"num_attention_heads ({self.num_attention_heads})")
+
+
+def tiny_model(tokenizer, cfg: TinyModelConfig | None = None, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                         tie_word_embeddings=True, **asdict(cfg or TinyModelConfig()))
+    return LlamaForCausalLM(config)
+
+
+def load_model(path: str, device: str | None = None, dtype: torch.dtype | None = None):
+    """Load a saved model and its tokenizer (a local folder or, where allowed, a hub name)."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # many chat models ship none; left padding needs one
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return model.eval(), tokenizer
+
+
+def n_params(model) -> int:
+    """N in the FLOPs formulas: non-embedding parameters are the usual choice, but the tiny models'
+    embedding is a large share of them, so count all (a slight over-estimate for big models)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_params_from_config(path: str) -> int:
+    """N for a model that is not loaded in this process (e.g. served by vLLM): build it on the
+    meta device, which allocates no memory."""
+    from transformers import AutoConfig
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    return n_params(model)
+
+
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+
+
+def resolve_model(name: str) -> str:
+    """`builtin:TASK` names the base model shipped for a built-in task; anything else is a path
+    or a hub name, passed through."""
+    if name.startswith("builtin:"):
+        path = CHECKPOINTS / name.removeprefix("builtin:")
+        if not path.is_dir():
+            shipped = sorted(p.name for p in CHECKPOINTS.iterdir()) if CHECKPOINTS.is_dir() else []
+            raise ValueError(f"no shipped base model {name!r}; shipped: {shipped}. "
+                             f"Train one with `prefixrl pretrain TASK --out DIR` and pass DIR.")
+        return str(path)
+    return name

@@ -1,0 +1,101 @@
+"""Tasks: problems, an exact verifier, and a pretraining corpus for the task's own base model.
+
+A task is anything with the attributes of `Task` below. Built-in tasks are found by name
+(`load_task("sort")`); a user's own task plugs in by a `module:Class` path
+(`load_task("my_pkg.tasks:MyTask")`) without editing this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str
+    prompt: str  # what the policy is conditioned on (a prefix, if any, is appended after it)
+    answer: str  # the gold answer, as the verifier extracts it from a correct solution
+    difficulty: int  # the task's difficulty knob (number of decisions)
+    split: str  # "train" (hard problems to train on), "heldout" (never trained on) or "easy"
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> "Problem":
+        return cls(**{k: row[k] for k in ("id", "prompt", "answer", "difficulty", "split")},
+                   meta=dict(row.get("meta") or {}))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reward: float  # 1.0 if the solution is correct, else 0.0
+    answer: str | None  # the answer extracted from the solution (None when there is none)
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    # Strings whose presence in a solution identifies the strategy it used, by strategy name.
+    strategy_markers: dict[str, str]
+
+    def problems(self, split: str) -> list[Problem]:
+        """The task's problems of one split ("train", "heldout" or "easy")."""
+
+    def verify(self, problem: Problem, solution: str) -> Verdict:
+        """Score a solution (the text after the prompt). Must never raise on arbitrary text."""
+
+    def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """n (prompt, completion) pairs of worked attempts for pretraining the base model."""
+
+
+def strategy_of(task: Task, solution: str) -> str | None:
+    """The first strategy whose marker appears in the solution (None: no marker found)."""
+    for name, marker in task.strategy_markers.items():
+        if marker in solution:
+            return name
+    return None
+
+
+def builtin_tasks() -> dict[str, type]:
+    from prefixrl.tasks.chain import ChainTask
+    from prefixrl.tasks.sort import SortTask
+
+    return {"sort": SortTask, "chain": ChainTask}
+
+
+def load_task(name: str, **kwargs) -> Task:
+    """A built-in task by name, or a user's task class by `module:Class`."""
+    if ":" in name:
+        module_name, _, class_name = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"cannot load task {name!r}: {err}. "
+                             "Give an importable `module:Class` path.") from err
+    else:
+        tasks = builtin_tasks()
+        if name not in tasks:
+            raise ValueError(f"unknown task {name!r}: built-in tasks are {sorted(tasks)}; "
+                             "a task of your own is given as `module:Class`.")
+        cls = tasks[name]
+    task = cls(**kwargs)
+    missing = [a for a in ("name", "strategy_markers", "problems", "verify", "corpus")
+               if not hasattr(task, a)]
+    if missing:
+        raise ValueError(f"task {name!r} lacks {missing}: see prefixrl.tasks.Task")
+    return task
+
+
+def load_problems(task: Task, source: str) -> list[Problem]:
+    """Problems from a split name ("train", "heldout", "easy") or a JSONL file of problems
+    (such as the `hard.jsonl` that `screen` writes)."""
+    if source in ("train", "heldout", "easy"):
+        return task.problems(source)
+    from prefixrl.files import read_jsonl
+
+    rows = read_jsonl(source, required=("id", "prompt", "answer", "difficulty", "split"))
+    return [Problem.from_dict(row) for row in rows]

@@ -1,0 +1,100 @@
+"""`chain`: a walk on digit pairs where every move must obey the declared strategy's rule.
+
+    prompt     "37 12:"                         start pair (a, b) = (3, 7), then the number of moves
+    solution   " P L70/11 R75/10 ... =58."      a strategy marker, then moves; each move writes the
+                                                new pair and the moves left
+    moves      L: (a, b) -> (b, (a + b) % 10)      R: (a, b) -> (b, (a + b + 5) % 10)
+    strategies P ("order"):  L if a <= b else R
+               Q ("parity"): L if a + b is even else R
+
+A solution is correct when every move follows the rule of the strategy it declared and the
+arithmetic is right. Each step is local (one digit sum), so a tiny model learns to *execute*
+moves reliably; which move is right is a rule its pretraining corpus never shows (the corpus
+picks moves at random, 90% under P and 10% under Q). A base model therefore succeeds with about
+2^-moves: pass@512 is near 0 at 11-13 moves, and rejection sampling still finds traces. Both
+rules depend only on the current pair, so whatever RL learns about late moves (from a prefix)
+applies to early moves too: the mechanism back-generalization needs.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from prefixrl.tasks import Problem, Verdict
+
+_SOLUTION = re.compile(r" ([PQ])((?: [LR]\d\d/\d+)*) =(\d\d)\.")
+_MOVE = re.compile(r" ([LR])(\d)(\d)/(\d+)")
+
+RULES = {
+    "P": lambda a, b: "L" if a <= b else "R",
+    "Q": lambda a, b: "L" if (a + b) % 2 == 0 else "R",
+}
+
+
+def move(a: int, b: int, op: str) -> tuple[int, int]:
+    return b, (a + b + (5 if op == "R" else 0)) % 10
+
+
+class ChainTask:
+    name = "chain"
+    strategy_markers = {"order": " P ", "parity": " Q "}
+
+    def __init__(self, hard: tuple[int, ...] = (11, 12, 13), easy: tuple[int, ...] = (2, 3, 4, 5),
+                 max_moves: int = 14, share_q: float = 0.1,
+                 n_train: int = 128, n_heldout: int = 64, n_easy: int = 64, seed: int = 0):
+        self.hard, self.easy, self.max_moves, self.share_q = tuple(hard), tuple(easy), max_moves, share_q
+        self.sizes = {"train": n_train, "heldout": n_heldout, "easy": n_easy}
+        self.seed = seed
+        if n_train + n_heldout > 100 * len(self.hard):
+            raise ValueError(f"chain has only {100 * len(self.hard)} hard problems: lower n_train/n_heldout")
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in self.sizes:
+            raise ValueError(f"unknown split {split!r}: use 'train', 'heldout' or 'easy'")
+        rng = random.Random(self.seed)
+        hard = [(s, n) for s in range(100) for n in self.hard]
+        easy = [(s, n) for s in range(100) for n in self.easy]
+        rng.shuffle(hard)
+        rng.shuffle(easy)
+        n_train = self.sizes["train"]
+        chosen = {"train": hard[:n_train], "heldout": hard[n_train:n_train + self.sizes["heldout"]],
+                  "easy": easy[:self.sizes["easy"]]}[split]
+        return [self._problem(start, n, split) for start, n in chosen]
+
+    def _problem(self, start: int, n_moves: int, split: str) -> Problem:
+        a, b = divmod(start, 10)
+        for _ in range(n_moves):  # the gold answer under strategy P (Q ends elsewhere, also correct)
+            a, b = move(a, b, RULES["P"](a, b))
+        return Problem(id=f"chain-{start:02d}-{n_moves}", prompt=f"{start:02d} {n_moves}:",
+                       answer=f"{a}{b}", difficulty=n_moves, split=split)
+
+    def verify(self, problem: Problem, solution: str) -> Verdict:
+        start, n_moves = problem.prompt.rstrip(":").split()
+        match = _SOLUTION.match(solution)
+        if match is None:
+            return Verdict(0.0, None)
+        strategy, moves, answer = match.groups()
+        (a, b), left = divmod(int(start), 10), int(n_moves)
+        for op, x, y, written_left in _MOVE.findall(moves):
+            if left == 0 or op != RULES[strategy](a, b):
+                return Verdict(0.0, answer)
+            (a, b), left = move(a, b, op), left - 1
+            if (int(x), int(y)) != (a, b) or int(written_left) != left:
+                return Verdict(0.0, answer)
+        return Verdict(float(left == 0 and answer == f"{a}{b}"), answer)
+
+    def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """Worked attempts that pick moves at random: the format and arithmetic, not the rules."""
+        rng = random.Random(seed)
+        pairs = []
+        for _ in range(n):
+            start, n_moves = rng.randrange(100), rng.randint(1, self.max_moves)
+            strategy = "Q" if rng.random() < self.share_q else "P"
+            (a, b), steps = divmod(start, 10), []
+            for left in range(n_moves - 1, -1, -1):
+                op = rng.choice("LR")
+                a, b = move(a, b, op)
+                steps.append(f" {op}{a}{b}/{left}")
+            pairs.append((f"{start:02d} {n_moves}:", f" {strategy}" + "".join(steps) + f" ={a}{b}."))
+        return pairs
