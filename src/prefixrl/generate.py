@@ -83,21 +83,16 @@ class HFSampler:
         prompt_lengths = enc["attention_mask"].sum(1).tolist()
         samples = []
         for row, n_prompt, row_logprobs in zip(new_tokens.tolist(), prompt_lengths, token_logprobs.tolist()):
-            length = _length_until_eos(row, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+            length = _length_until_eos(row, self.tokenizer.eos_token_id)
             ids = row[:length]
             samples.append(Sample(text=self.tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
                                   prompt_tokens=n_prompt, logprobs=row_logprobs[:length]))
         return samples
 
 
-def _length_until_eos(row: list[int], eos_id: int, pad_id: int) -> int:
-    """Generated length with the <eos> counted; rows that finished early are padded after it."""
-    for i, tok in enumerate(row):
-        if tok == eos_id:
-            return i + 1
-        if tok == pad_id and pad_id != eos_id:
-            return i
-    return len(row)
+def _length_until_eos(row: list[int], eos_id: int) -> int:
+    """Generated length with the <eos> counted (rows that finished early are padded after it)."""
+    return row.index(eos_id) + 1 if eos_id in row else len(row)
 
 
 def stable_seed(seed: int, key: str) -> int:

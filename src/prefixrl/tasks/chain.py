@@ -23,8 +23,8 @@ import re
 
 from prefixrl.tasks import Problem, Verdict
 
-_SOLUTION = re.compile(r" ([PQ])((?: [LR]\d\d/\d+)*) =(\d\d)\.")
-_MOVE = re.compile(r" ([LR])(\d)(\d)/(\d+)")
+_SOLUTION = re.compile(r" ([PQ])((?: [LR]\d\d/\d+)*) =(\d\d)\.", re.ASCII)  # ASCII: int() reads other scripts' digits
+_MOVE = re.compile(r" ([LR])(\d)(\d)/(\d+)", re.ASCII)
 
 RULES = {
     "P": lambda a, b: "L" if a <= b else "R",
@@ -69,9 +69,13 @@ class ChainTask:
         return Problem(id=f"chain-{start:02d}-{n_moves}", prompt=f"{start:02d} {n_moves}:",
                        answer=f"{a}{b}", difficulty=n_moves, split=split)
 
+    def chance(self, problem: Problem) -> float:
+        """Success probability of a policy that executes every move right but picks moves at random."""
+        return 0.5 ** problem.difficulty
+
     def verify(self, problem: Problem, solution: str) -> Verdict:
         start, n_moves = problem.prompt.rstrip(":").split()
-        match = _SOLUTION.match(solution)
+        match = _SOLUTION.fullmatch(solution.rstrip())
         if match is None:
             return Verdict(0.0, None)
         strategy, moves, answer = match.groups()

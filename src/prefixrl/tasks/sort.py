@@ -17,11 +17,12 @@ from __future__ import annotations
 import itertools
 import random
 import re
+from functools import lru_cache
 
 from prefixrl.tasks import Problem, Verdict
 
-_SOLUTION = re.compile(r"((?: [1-9]:\d+/\d+)*) =(\d+)\.")
-_STEP = re.compile(r" ([1-9]):(\d+)/(\d+)")
+_SOLUTION = re.compile(r"((?: [1-9]:\d+/\d+)*) =(\d+)\.", re.ASCII)  # ASCII: int() reads other scripts' digits
+_STEP = re.compile(r" ([1-9]):(\d+)/(\d+)", re.ASCII)
 
 
 def inversions(digits: str) -> int:
@@ -32,6 +33,15 @@ def swap(digits: str, pos: int) -> str:
     """Exchange the digits at 1-based positions pos and pos+1."""
     i = pos - 1
     return digits[:i] + digits[i + 1] + digits[i] + digits[i + 2:]
+
+
+@lru_cache(maxsize=None)
+def chance(digits: str) -> float:
+    """Success probability of a policy that executes every swap right but picks positions at random."""
+    if inversions(digits) == 0:
+        return 1.0
+    n = len(digits) - 1
+    return sum(chance(swap(digits, p)) for p in range(1, n + 1) if digits[p - 1] > digits[p]) / n
 
 
 class SortTask:
@@ -71,11 +81,14 @@ class SortTask:
                                       answer="".join(sorted(digits)), difficulty=n_inv, split=s))
         return out[split]
 
+    def chance(self, problem: Problem) -> float:
+        return chance(problem.prompt.split()[0])
+
     # --- verification ---------------------------------------------------------------------
     def verify(self, problem: Problem, solution: str) -> Verdict:
         digits, budget = problem.prompt.rstrip(":").split()
         budget = int(budget)
-        match = _SOLUTION.match(solution)
+        match = _SOLUTION.fullmatch(solution.rstrip())
         if match is None:
             return Verdict(0.0, None)
         answer = match.group(2)

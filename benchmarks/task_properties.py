@@ -1,0 +1,116 @@
+"""Measure the properties that make a task the regime PrefixRL is for (README's task table).
+
+    python benchmarks/task_properties.py --task sort [--model builtin:sort] [--problems 64]
+
+1. hard:        share of hard-split problems with pass@512 = 0 under the base model
+2. findable:    share of those for which rejection sampling (cap 2,500) finds a correct trace
+3. prefix:      success rate conditioned on a prefix of a correct trace, by prefix fraction
+4. strategies:  strategy markers in correct traces; success when forced into each strategy
+5. (plain RL stays flat): measured by the training benchmark once training exists
+plus execution: easy-split pass@1 against the chance rate of a policy that executes every step
+right but chooses at random (about 1.0 means the base model executes reliably and knows no rule).
+Every stage resumes from --out, so a killed run continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from prefixrl.evaluate import pass_at_k, score_problems
+from prefixrl.files import atomic_write_text
+from prefixrl.generate import HFSampler, SamplingParams
+from prefixrl.models import load_model, resolve_model
+from prefixrl.prefixes import calibrate, success_curve
+from prefixrl.screen import screen
+from prefixrl.tasks import load_task
+from prefixrl.traces import CollectConfig, collect
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="sort")
+    parser.add_argument("--model", default=None, help="default: builtin:TASK")
+    parser.add_argument("--problems", type=int, default=64, help="hard-split problems screened")
+    parser.add_argument("--n", type=int, default=512, help="screening samples (pass@n)")
+    parser.add_argument("--cap", type=int, default=2500, help="rejection-sampling cap")
+    parser.add_argument("--calibration-traces", type=int, default=16)
+    parser.add_argument("--calibration-n", type=int, default=64)
+    parser.add_argument("--out", default=None, help="default: runs/task-properties/TASK")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+
+    task = load_task(args.task)
+    model_name = args.model or f"builtin:{args.task}"
+    out = Path(args.out or f"runs/task-properties/{args.task}")
+    model, tokenizer = load_model(resolve_model(model_name))
+    sampler = HFSampler(model, tokenizer, SamplingParams(temperature=1.0, max_new_tokens=128, batch_size=512))
+    result = {"task": task.name, "model": model_name}
+
+    easy = task.problems("easy")
+    easy_rows = score_problems(task, sampler, easy, 64, out / "easy", quiet=args.quiet)
+    result["easy_pass@1"] = float(np.mean([r["correct"] / r["n"] for r in easy_rows]))
+    result["easy_chance"] = float(np.mean([task.chance(p) for p in easy])) if hasattr(task, "chance") else None
+
+    problems = task.problems("train")[:args.problems]
+    hard = screen(task, sampler, problems, out / "screen", n=args.n, seed=1, quiet=args.quiet)
+    rows = [json.loads(line) for line in (out / "screen" / "scores.jsonl").read_text().splitlines()]
+    result["hard_pass@1"] = float(np.mean([r["correct"] / r["n"] for r in rows]))
+    result["hard_chance"] = float(np.mean([task.chance(p) for p in problems])) if hasattr(task, "chance") else None
+    result[f"share_pass@{args.n}=0"] = len(hard) / len(problems)
+    result[f"mean_pass@{args.n}"] = float(np.mean([pass_at_k(r["n"], r["correct"], r["n"]) for r in rows]))
+
+    traces = collect(task, sampler, hard, out / "collect", CollectConfig(max_attempts=args.cap, attempts_per_round=256),
+                     source=model_name, quiet=args.quiet)
+    summary = json.loads((out / "collect" / "collect.json").read_text())
+    result["share_hard_with_trace"] = summary["share_solved"]
+    result["mean_attempts_per_trace"] = summary["mean_attempts_solved"]
+
+    by_id = {p.id: p for p in hard}
+    calibration = calibrate(task, sampler, tokenizer, traces[:args.calibration_traces], by_id, out / "calibrate",
+                            n=args.calibration_n, quiet=args.quiet)
+    result["success_vs_prefix_fraction"] = success_curve(calibration)
+    result["strategies_in_traces"] = _strategy_counts(task, traces)
+    result["forced_strategy_success"] = _forced_strategy_success(task, sampler, hard[:16])
+    atomic_write_text(out / "properties.json", json.dumps(result, indent=2))
+    _print_table(result, args.n)
+
+
+def _strategy_counts(task, traces) -> dict[str, int]:
+    from prefixrl.tasks import strategy_of
+
+    counts: dict[str, int] = {}
+    for trace in traces:
+        name = strategy_of(task, trace["completion"]) or "none"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _forced_strategy_success(task, sampler, problems, n: int = 256) -> dict[str, float]:
+    """Success rate when the solution is started with a strategy's marker (the strategy forced)."""
+    result = {}
+    for name, marker in task.strategy_markers.items():
+        marker = marker.rstrip()  # the marker as it starts a solution
+        samples = sampler.generate([p.prompt + marker for p in problems], n, seed=2)
+        scores = [task.verify(p, marker + s.text).reward for p, group in zip(problems, samples) for s in group]
+        result[name] = float(np.mean(scores))
+    return result
+
+
+def _print_table(result: dict, n: int) -> None:
+    print(f"\n| property | {result['task']} |\n|---|---|")
+    for key, value in result.items():
+        if key in ("task",):
+            continue
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items())
+        print(f"| {key} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import solve_sort
+from prefixrl.files import InputError
+from prefixrl.traces import import_traces, load_traces
+
+
+@pytest.fixture(scope="module")
+def records(sort_task):
+    a, b = sort_task.problems("train")[:2]
+    good_a = {"problem_id": a.id, "completion": solve_sort(a.prompt)}
+    wrong_b = {"problem_id": b.id, "completion": solve_sort(b.prompt)[:-3] + "9."}
+    return [
+        good_a,  # 1: added
+        dict(good_a),  # 2: duplicate
+        wrong_b,  # 3: fails verification
+        {"problem_id": "sort-999999", "completion": solve_sort(a.prompt)},  # 4: unknown problem
+        {"problem_id": b.id, "answer": b.answer},  # 5: no text field
+        {"completion": solve_sort(b.prompt)},  # 6: no problem id
+        {"problem_id": b.id, "solution": solve_sort(b.prompt), "source": "other-model"},  # 7: added
+    ]
+
+
+EXPECTED = {2: "duplicate", 3: "fails verification", 4: "unknown problem id", 5: "no trace text",
+            6: "no 'problem_id' field"}
+
+
+def check_report(report, expected=EXPECTED, added=2):
+    assert report["added"] == added
+    assert [r["line"] for r in report["rejected"]] == sorted(expected)
+    for reject in report["rejected"]:
+        assert expected[reject["line"]] in reject["reason"], reject
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_import_jsonl(sort_task, records, tmp_path):
+    source = tmp_path / "old.jsonl"
+    lines = [json.dumps(r) for r in records]
+    write_lines(source, lines[:5] + ['{"problem_id": "sort-1", "completion": '] + lines[5:])
+    store = tmp_path / "store" / "traces.jsonl"
+    report = import_traces(sort_task, store, source)
+    # the malformed line 6 shifts the later records down by one
+    expected = {**{k + (k >= 6): v for k, v in EXPECTED.items()}, 6: "line 6: not a JSON object"}
+    check_report(report, expected)
+    traces = load_traces(store)
+    assert [t["completion"] for t in traces] == [records[0]["completion"], records[6]["solution"]]
+    assert all(t["origin"] == "import" and t["token_ids"] is None for t in traces)
+    assert [t["source"] for t in traces] == ["import", "other-model"]
+    assert traces[0]["prompt"] == sort_task.problems("train")[0].prompt
+
+    again = import_traces(sort_task, store, source)
+    assert again["added"] == 0
+    assert sum("duplicate" in r["reason"] for r in again["rejected"]) == 3
+    assert load_traces(store) == traces
+
+
+def test_import_keeps_existing_store_and_custom_column(sort_task, records, tmp_path):
+    store = tmp_path / "traces.jsonl"
+    write_lines(tmp_path / "a.jsonl", [json.dumps(records[0])])
+    import_traces(sort_task, store, tmp_path / "a.jsonl")
+    renamed = {"pid": records[6]["problem_id"], "text": records[6]["solution"]}
+    write_lines(tmp_path / "b.jsonl", [json.dumps(renamed), json.dumps(records[0])])
+    report = import_traces(sort_task, store, tmp_path / "b.jsonl", problem_column="pid")
+    assert report["added"] == 1 and report["rejected"][0]["line"] == 2
+    assert len(load_traces(store)) == 2
+    with pytest.raises(InputError, match="no such file"):
+        import_traces(sort_task, store, tmp_path / "absent.jsonl")
+
+
+def test_import_parquet_and_saved_dataset(sort_task, records, tmp_path):
+    import datasets
+
+    rows = [{"problem_id": r.get("problem_id"), "completion": r.get("completion") or r.get("solution"),
+             "source": r.get("source")} for r in records if "answer" not in r]  # one schema for all rows
+    expected = {2: "duplicate", 3: "fails verification", 4: "unknown problem id", 5: "no 'problem_id' field"}
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "old.parquet"))
+    check_report(import_traces(sort_task, tmp_path / "p" / "traces.jsonl", tmp_path / "old.parquet"), expected)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    store = tmp_path / "d" / "traces.jsonl"
+    check_report(import_traces(sort_task, store, tmp_path / "saved"), expected)
+    assert import_traces(sort_task, store, tmp_path / "saved")["added"] == 0
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(InputError, match="several splits"):
+        import_traces(sort_task, store, tmp_path / "dict")
+
+
+def test_cli_import_prints_rejected_lines(records, tmp_path):
+    from prefixrl.cli import app
+
+    source = tmp_path / "old.jsonl"
+    write_lines(source, [json.dumps(r) for r in records[:3]] + ["not json"])
+    result = CliRunner().invoke(app, ["import", str(tmp_path / "store"), "--file", str(source), "--task", "sort"],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    for line, reason in [(2, "duplicate"), (3, "fails verification"), (4, "not a JSON object")]:
+        assert re.search(rf"rejected {re.escape(str(source))}, line {line}: .*{reason}", result.output), result.output
+    assert "imported 1 traces" in result.output and "rejected 3" in result.output
+    assert len(load_traces(tmp_path / "store" / "traces.jsonl")) == 1
+    bad = CliRunner().invoke(app, ["import", str(tmp_path / "store"), "--file", str(tmp_path / "nope.jsonl")])
+    assert bad.exit_code == 2 and "no such file" in bad.output
