@@ -90,6 +90,13 @@ class AppendLog:
             if len(self.rows) < len(lines) or (text and not text.endswith("\n")):
                 write_jsonl(self.path, self.rows)
 
+    def keep(self, predicate) -> None:
+        """Keep only the rows for which predicate(row) is true (the file is rewritten atomically)."""
+        kept = [row for row in self.rows if predicate(row)]
+        if len(kept) < len(self.rows):
+            self.rows = kept
+            write_jsonl(self.path, kept)
+
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:

@@ -8,6 +8,8 @@ of fractions of each trace: the "success vs prefix fraction" curve.
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefixrl.files import AppendLog, progress_bar
@@ -15,13 +17,111 @@ from prefixrl.generate import Sampler, stable_seed
 from prefixrl.tasks import Problem, Task
 
 
+@dataclass
+class PrefixConfig:
+    policy: str = "uniform"  # uniform (paper) | fixed | tokens
+    cuts_per_trace: int = 3  # uniform: prefixes per trace (paper: 3)
+    low: float = 0.4  # uniform: cut points drawn from [low, high] of the trace's tokens (paper: 40-80%)
+    high: float = 0.8
+    fractions: list[float] = field(default_factory=lambda: [0.5])  # fixed: fractions of the trace
+    token_counts: list[int] = field(default_factory=list)  # tokens: prefix lengths in policy tokens
+    snap: str | None = None  # cut only where a step starts: this separator (" " or "\n"); None: anywhere
+    unprefixed_per_problem: int = 1  # unprefixed copies per problem: 3 cuts + 1 = the paper's 3:1 mix
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.policy not in ("uniform", "fixed", "tokens"):
+            raise ValueError(f"PrefixConfig.policy must be uniform, fixed or tokens, got {self.policy!r}")
+        if not 0.0 <= self.low <= self.high <= 1.0:
+            raise ValueError(f"PrefixConfig needs 0 <= low <= high <= 1, got low={self.low}, high={self.high}")
+        if any(not 0.0 <= f <= 1.0 for f in self.fractions):
+            raise ValueError(f"PrefixConfig.fractions must lie in [0, 1], got {self.fractions}")
+        if self.policy == "tokens" and not self.token_counts:
+            raise ValueError("PrefixConfig.policy 'tokens' needs token_counts")
+
+
+def token_offsets(tokenizer, text: str) -> list[tuple[int, int]]:
+    """Character span of each policy token of `text` (cuts are made in the policy's tokens)."""
+    return tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+
+
+def prefix_at(text: str, offsets: list[tuple[int, int]], h: int) -> str:
+    """The text of the first h tokens: an exact character prefix of the trace."""
+    return text[:offsets[h - 1][1]] if h > 0 else ""
+
+
 def cut(tokenizer, completion: str, fraction: float) -> tuple[str, int]:
     """(prefix text, h): the first h = round(fraction * len) policy tokens of a trace."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"prefix fraction must be in [0, 1], got {fraction}")
-    ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    h = round(fraction * len(ids))
-    return tokenizer.decode(ids[:h]), h
+    offsets = token_offsets(tokenizer, completion)
+    h = round(fraction * len(offsets))
+    return prefix_at(completion, offsets, h), h
+
+
+def cut_points(cfg: PrefixConfig, text: str, offsets: list[tuple[int, int]], rng: random.Random) -> list[int]:
+    """Prefix lengths h (in policy tokens) for one trace, per the cut policy."""
+    n = len(offsets)
+    if cfg.policy == "uniform":
+        points = [round(rng.uniform(cfg.low, cfg.high) * n) for _ in range(cfg.cuts_per_trace)]
+    elif cfg.policy == "fixed":
+        points = [round(f * n) for f in cfg.fractions]
+    else:
+        points = [min(count, n) for count in cfg.token_counts]
+    if cfg.snap:
+        # h: a token index where a step begins (its text starts with the separator)
+        starts = [i for i, (a, _) in enumerate(offsets) if text.startswith(cfg.snap, a)] or [0]
+        points = [max((s for s in starts if s <= h), default=starts[0]) for h in points]
+    return points
+
+
+def render_prompt(tokenizer, problem_prompt: str, prefix: str) -> str:
+    """The prompt the policy continues. Base models: problem + prefix. Chat models: the prefix is an
+    unfinished assistant turn (continue_final_message). The result always ends with the prefix."""
+    if not getattr(tokenizer, "chat_template", None):
+        return problem_prompt + prefix
+    messages = [{"role": "user", "content": problem_prompt}]
+    if not prefix:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": prefix}],
+                                             tokenize=False, continue_final_message=True)
+    stripped = prefix.rstrip()
+    if not rendered.endswith(prefix) and rendered.endswith(stripped):
+        rendered += prefix[len(stripped):]  # templates strip trailing whitespace from the last turn
+    if not rendered.endswith(prefix):
+        raise ValueError("the chat template rewrote the prefix, so the policy would not continue it; "
+                         f"rendered prompt ends with {rendered[-80:]!r}")
+    return rendered
+
+
+def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem],
+                      cfg: PrefixConfig | None = None) -> list[dict]:
+    """Training rows: `cuts_per_trace` prefixed rows per trace and `unprefixed_per_problem` plain
+    rows per problem with a trace. Each row keeps its problem id, prefix fraction and prefix
+    token count, so every metric can be split by them."""
+    cfg = cfg or PrefixConfig()
+    rows, with_trace = [], []
+    for index, trace in enumerate(traces):
+        pid = trace["problem_id"]
+        if pid not in problems:
+            raise ValueError(f"trace {index} is for problem {pid!r}, which is not among the problems given")
+        if pid not in with_trace:
+            with_trace.append(pid)
+        rng = random.Random(stable_seed(cfg.seed, f"{pid}:{index}"))  # cut points drawn once, then fixed
+        text = trace["completion"]
+        offsets = token_offsets(tokenizer, text)
+        for h in cut_points(cfg, text, offsets, rng):
+            prefix = prefix_at(text, offsets, h)
+            rows.append(_row(tokenizer, problems[pid], prefix, h, h / max(1, len(offsets)), index))
+    for pid in with_trace:
+        rows += [_row(tokenizer, problems[pid], "", 0, 0.0, None)] * cfg.unprefixed_per_problem
+    return rows
+
+
+def _row(tokenizer, problem: Problem, prefix: str, h: int, fraction: float, trace_index: int | None) -> dict:
+    return {"prompt": render_prompt(tokenizer, problem.prompt, prefix), "problem_id": problem.id,
+            "prefix": prefix, "prefixed": h > 0, "prefix_tokens": h, "prefix_fraction": round(fraction, 4),
+            "trace_index": trace_index}
 
 
 def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], problems: dict[str, Problem],
@@ -38,7 +138,7 @@ def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], probl
                 continue
             problem = problems[trace["problem_id"]]
             cuts = [cut(tokenizer, trace["completion"], f) for f in fractions]
-            samples = sampler.generate([problem.prompt + prefix for prefix, _ in cuts], n,
+            samples = sampler.generate([render_prompt(tokenizer, problem.prompt, prefix) for prefix, _ in cuts], n,
                                        seed=stable_seed(seed, f"{trace['problem_id']}:{index}"))
             rows = []
             for fraction, (prefix, h), group in zip(fractions, cuts, samples):
