@@ -133,6 +133,89 @@ def import_(store: Path = typer.Argument(..., help="Trace store folder (its trac
 
 
 @app.command()
+def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cuts the traces; calibration samples it)."),
+             task: str = TASK,
+             traces: Path = typer.Option(..., help="Trace store (traces.jsonl)."),
+             out: Path = typer.Option(Path("runs/prefixes"), help="Output folder."),
+             policy: str = typer.Option("uniform", help="Cut policy: uniform (paper) | fixed | tokens."),
+             cuts: int = typer.Option(3, help="uniform: prefixes per trace."),
+             low: float = typer.Option(0.4, help="uniform: lowest cut, as a fraction of the trace."),
+             high: float = typer.Option(0.8, help="uniform: highest cut, as a fraction of the trace."),
+             fraction: list[float] = typer.Option([0.5], help="fixed: a prefix fraction (repeatable)."),
+             tokens: list[int] = typer.Option([], help="tokens: a prefix length in policy tokens (repeatable)."),
+             snap: Optional[str] = typer.Option(None, help="Cut only where a step starts with this separator."),
+             unprefixed: int = typer.Option(1, help="Unprefixed copies per problem (1: the paper's 3:1; 0: prefixed only)."),
+             calibrate_n: int = typer.Option(0, help="Also measure success vs prefix fraction with this many samples."),
+             seed: int = SEED, quiet: bool = QUIET):
+    """Cut prefixes from correct traces and write the training mix (train.jsonl)."""
+    from prefixrl.files import write_jsonl
+    from prefixrl.models import load_model, resolve_model
+    from prefixrl.prefixes import PrefixConfig, prefixed_problems
+    from prefixrl.tasks import load_task
+    from prefixrl.traces import load_traces
+
+    try:
+        the_task = load_task(task)
+        cfg = PrefixConfig(policy=policy, cuts_per_trace=cuts, low=low, high=high, fractions=list(fraction),
+                           token_counts=list(tokens), snap=snap, unprefixed_per_problem=unprefixed, seed=seed)
+        model_obj, tokenizer = load_model(resolve_model(model))
+        all_traces = load_traces(traces)
+        problems = {p.id: p for split in ("train", "heldout", "easy") for p in the_task.problems(split)}
+        rows = prefixed_problems(tokenizer, all_traces, problems, cfg)
+        write_jsonl(out / "train.jsonl", rows)
+        if calibrate_n:
+            from prefixrl.generate import HFSampler, SamplingParams
+            from prefixrl.prefixes import calibrate, success_curve
+
+            sampler = HFSampler(model_obj, tokenizer, SamplingParams())
+            curve = success_curve(calibrate(the_task, sampler, tokenizer, all_traces, problems, out,
+                                            n=calibrate_n, seed=seed, quiet=quiet))
+            _print_dict("success vs prefix fraction", {f"{f:.0%}": v for f, v in curve.items()})
+    except (ValueError, InputError) as err:
+        _fail(err)
+    n_prefixed = sum(r["prefixed"] for r in rows)
+    console.print(f"wrote {len(rows)} rows ({n_prefixed} prefixed, {len(rows) - n_prefixed} unprefixed) "
+                  f"to {out / 'train.jsonl'}")
+
+
+@app.command()
+def train(model: str = typer.Argument(..., help="The base policy: a model folder or builtin:TASK."),
+          task: str = TASK,
+          data: Path = typer.Option(..., help="Training rows from `prefixrl prefixes` (train.jsonl)."),
+          out: Path = typer.Option(Path("runs/train"), help="Run folder (resumes from its last checkpoint)."),
+          method: str = typer.Option("prefixrl", help="prefixrl (mix) | prefixrl-only (prefixed rows) | rl (unprefixed rows)."),
+          steps: int = typer.Option(100, help="Optimizer steps."),
+          problems_per_step: int = typer.Option(16, help="Problems per batch."),
+          num_generations: int = typer.Option(8, help="Samples per problem (the group)."),
+          lr: float = typer.Option(1e-4, help="Learning rate."),
+          eval_every: int = typer.Option(20, help="Steps between unprefixed evaluations."),
+          eval_n: int = typer.Option(16, help="Samples per problem at each evaluation."),
+          heldout: str = typer.Option("heldout", help="Held-out problems: split name or JSONL."),
+          prior_flops: Optional[Path] = typer.Option(None, help="flops.json of earlier stages to charge (e.g. collect's)."),
+          max_completion_length: int = MAX_NEW, seed: int = SEED):
+    """On-policy RL on prefixed problems; only the policy's own continuation is trained."""
+    from prefixrl.files import read_jsonl
+    from prefixrl.flops import FlopsLedger
+    from prefixrl.models import resolve_model
+    from prefixrl.tasks import load_problems, load_task
+    from prefixrl.train import TrainConfig, select_rows, train as run
+
+    try:
+        the_task = load_task(task)
+        rows = select_rows(read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed")), method)
+        cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
+                          eval_every=eval_every, eval_n=eval_n, max_completion_length=max_completion_length, seed=seed)
+        by_id = {p.id: p for split in ("train", "heldout", "easy") for p in the_task.problems(split)}
+        hard = [by_id[pid] for pid in dict.fromkeys(r["problem_id"] for r in rows)]
+        evals = {"train": hard, "heldout": load_problems(the_task, heldout)}
+        path = run(the_task, resolve_model(model), rows, out, cfg, eval_problems=evals,
+                   prior_flops=FlopsLedger(prior_flops) if prior_flops else None)
+    except (ValueError, InputError) as err:
+        _fail(err)
+    console.print(f"saved the trained policy to {path}")
+
+
+@app.command()
 def evaluate(model: str = typer.Argument(..., help="Model folder, or `builtin:TASK`."),
              task: str = TASK,
              problems: str = typer.Option("heldout", help="Split name or a JSONL file of problems."),

@@ -76,22 +76,15 @@ def cut_points(cfg: PrefixConfig, text: str, offsets: list[tuple[int, int]], rng
 
 
 def render_prompt(tokenizer, problem_prompt: str, prefix: str) -> str:
-    """The prompt the policy continues. Base models: problem + prefix. Chat models: the prefix is an
-    unfinished assistant turn (continue_final_message). The result always ends with the prefix."""
+    """The prompt the policy continues: the prompt it answers from (base models: the problem; chat
+    models: the chat template's generation prompt), then the prefix verbatim, just as if the policy
+    had written the prefix itself. (Re-rendering the prefix as an assistant turn with
+    continue_final_message does not: Qwen3-style templates insert an empty <think></think> block
+    before it, Llama-3-style ones trim its leading space.)"""
     if not getattr(tokenizer, "chat_template", None):
         return problem_prompt + prefix
     messages = [{"role": "user", "content": problem_prompt}]
-    if not prefix:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    rendered = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": prefix}],
-                                             tokenize=False, continue_final_message=True)
-    stripped = prefix.rstrip()
-    if not rendered.endswith(prefix) and rendered.endswith(stripped):
-        rendered += prefix[len(stripped):]  # templates strip trailing whitespace from the last turn
-    if not rendered.endswith(prefix):
-        raise ValueError("the chat template rewrote the prefix, so the policy would not continue it; "
-                         f"rendered prompt ends with {rendered[-80:]!r}")
-    return rendered
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
 
 
 def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem],

@@ -62,6 +62,21 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
 
 
+METHODS = {"prefixrl": "the 3:1 mix of prefixed and unprefixed problems", "prefixrl-only": "prefixed problems only",
+           "rl": "unprefixed problems only (plain on-policy RL)"}
+
+
+def select_rows(rows: list[dict], method: str) -> list[dict]:
+    """The training rows a method uses (all methods share one engine and one data file)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {sorted(METHODS)}")
+    keep = {"prefixrl": lambda r: True, "prefixrl-only": lambda r: r["prefixed"], "rl": lambda r: not r["prefixed"]}
+    selected = [r for r in rows if keep[method](r)]
+    if not selected:
+        raise ValueError(f"method {method!r} found no rows to train on ({METHODS[method]})")
+    return selected
+
+
 def reward_function(task: Task, problems: dict[str, Problem]):
     """A TRL reward function: 1 if prefix + continuation is a correct solution, else 0."""
 

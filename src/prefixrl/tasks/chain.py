@@ -3,13 +3,14 @@
     prompt     "37 12:"                         start pair (a, b) = (3, 7), then the number of moves
     solution   " P L70/11 R75/10 ... =58."      a strategy marker, then moves; each move writes the
                                                 new pair and the moves left
-    moves      L: (a, b) -> (b, (a + b) % 10)      R: (a, b) -> (b, (a + b + 5) % 10)
+    moves      L: (a, b) -> (b, (a + 1) % 10)      R: (a, b) -> (b, (a + 6) % 10)
     strategies P ("order"):  L if a <= b else R
                Q ("parity"): L if a + b is even else R
 
 A solution is correct when every move follows the rule of the strategy it declared and the
-arithmetic is right. Each step is local (one digit sum), so a tiny model learns to *execute*
-moves reliably; which move is right is a rule its pretraining corpus never shows (the corpus
+arithmetic is right. Each step is local, so a tiny model learns to *execute*
+moves reliably (each new digit is a fixed function of one digit; a first version that added
+two digits was executed right only 82% of the time after 4,000 pretraining steps); which move is right is a rule its pretraining corpus never shows (the corpus
 picks moves at random, 90% under P and 10% under Q). A base model therefore succeeds with about
 2^-moves: pass@512 is near 0 at 11-13 moves, and rejection sampling still finds traces. Both
 rules depend only on the current pair, so whatever RL learns about late moves (from a prefix)
@@ -33,7 +34,7 @@ RULES = {
 
 
 def move(a: int, b: int, op: str) -> tuple[int, int]:
-    return b, (a + b + (5 if op == "R" else 0)) % 10
+    return b, (a + (6 if op == "R" else 1)) % 10
 
 
 class ChainTask:

@@ -1,0 +1,217 @@
+"""PrefixRL training on a tiny random model: the loss covers only the policy's continuation, the
+reward scores prefix + continuation, split metrics, and an end-to-end run that resumes."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM
+
+import prefixrl.train as train_module
+from conftest import solve_chain, solve_sort
+from prefixrl.flops import FlopsLedger
+from prefixrl.models import TinyModelConfig, char_tokenizer, tiny_model
+from prefixrl.prefixes import prefixed_problems
+from prefixrl.train import PrefixRLTrainer, TrainConfig, grpo_config, reward_function, train
+
+torch.set_num_threads(1)
+SMALL = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=256)
+MAX_LEN = 48
+
+
+def mixed_rewards(task, problems):
+    """The real reward, except that the first sample of each group of 2 always succeeds: a random
+    model never solves sort, and only a group with mixed rewards has a nonzero advantage."""
+    correct = reward_function(task, problems)
+
+    def reward(completions, **kwargs):
+        return [max(r, float(i % 2 == 0)) for i, r in enumerate(correct(completions=completions, **kwargs))]
+
+    return reward
+
+
+@pytest.fixture(scope="module")
+def setup(sort_task, tmp_path_factory):
+    tok = char_tokenizer()
+    model_dir = tmp_path_factory.mktemp("tiny")
+    tiny_model(tok, SMALL).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    problems = {p.id: p for p in sort_task.problems("train")[:2]}
+    traces = [{"problem_id": pid, "completion": solve_sort(p.prompt)} for pid, p in problems.items()]
+    return SimpleNamespace(tok=tok, model_dir=model_dir, problems=problems,
+                           rows=prefixed_problems(tok, traces, problems))
+
+
+def make_trainer(setup, reward, out_dir):
+    cfg = TrainConfig(steps=1, problems_per_step=2, num_generations=2, max_completion_length=MAX_LEN)
+    trainer = PrefixRLTrainer(model=tiny_model(setup.tok, SMALL), reward_funcs=reward, args=grpo_config(cfg, out_dir),
+                              train_dataset=Dataset.from_list(setup.rows), processing_class=setup.tok,
+                              flops_ledger=FlopsLedger())
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which these tests skip
+    return trainer
+
+
+def test_prefix_is_prompt_and_only_the_continuation_is_trained(setup, sort_task, tmp_path):
+    trainer = make_trainer(setup, mixed_rewards(sort_task, setup.problems), tmp_path)
+    tok, model = setup.tok, trainer.model
+    prefixed = [r for r in setup.rows if r["prefixed"]]
+    batch = [dict(r) for r in (prefixed[0], prefixed[4], setup.rows[-1]) for _ in range(2)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(batch)
+    assert out["completion_ids"].shape[1] <= MAX_LEN and (out["advantages"].abs() == 0.5).all()
+    for i, row in enumerate(batch):
+        prompt = out["prompt_ids"][i][out["prompt_mask"][i].bool()].tolist()
+        problem = setup.problems[row["problem_id"]]
+        assert prompt == tok(problem.prompt + row["prefix"], add_special_tokens=False)["input_ids"]
+        assert len(prompt) == len(problem.prompt) + row["prefix_tokens"]  # the prefix sits in the prompt
+        mask = out["completion_mask"][i]
+        n = int(mask.sum())
+        assert mask[:n].all() and not mask[n:].any()  # the sample's own tokens, then padding
+        ids = out["completion_ids"][i][:n].tolist()
+        assert tok.eos_token_id not in ids[:-1] and (n == MAX_LEN or ids[-1] == tok.eos_token_id)
+    tokens = int(out["prompt_mask"].sum() + out["completion_mask"].sum())
+    assert trainer.flops_ledger.stages["rollouts"]["inference_tokens"] == tokens
+    assert trainer.flops_ledger.stages["updates"]["train_tokens"] == tokens
+
+    def grad_of(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
+
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    attention = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    continuation = torch.cat([torch.zeros_like(out["prompt_mask"]), out["completion_mask"]], 1)
+
+    def reinforce(targets):  # -advantage x log p(token), summed over the masked targets (dr_grpo's scale)
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return -(out["advantages"][:, None] * logp * targets[:, 1:]).sum() / (len(batch) * MAX_LEN)
+
+    # Group-mean advantages sum to zero over a group, whose samples share one prompt, so terms for
+    # prompt tokens would cancel: advantages that do not cancel make the comparison below sharp.
+    out["advantages"] = torch.tensor([1.0, 0.5, -0.3, 0.2, 0.7, -1.0])
+    trainer_grad = grad_of(trainer._compute_loss(model, out))
+    assert trainer_grad.abs().sum() > 0
+    # the trainer's gradient is REINFORCE on the continuation's tokens; had it also trained the
+    # prefix's (or problem's) tokens as targets, the gradient would differ
+    assert torch.allclose(grad_of(reinforce(continuation)), trainer_grad, rtol=1e-4, atol=1e-7)
+    assert not torch.allclose(grad_of(reinforce(attention)), trainer_grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["sort", "chain"])
+def test_reward_scores_prefix_plus_continuation(name, sort_task, chain_task):
+    task = {"sort": sort_task, "chain": chain_task}[name]
+    problem = task.problems("train")[0]
+    trace = solve_sort(problem.prompt) if name == "sort" else solve_chain(problem.prompt)
+    assert task.verify(problem, trace).reward == 1.0
+    reward = reward_function(task, {problem.id: problem})
+
+    def score(prefixes, continuations):
+        return reward(prompts=[problem.prompt + p for p in prefixes], completions=continuations,
+                      problem_id=[problem.id] * len(prefixes), prefix=prefixes)
+
+    cuts = range(len(trace) + 1)
+    assert score([trace[:h] for h in cuts], [trace[h:] for h in cuts]) == [1.0] * len(cuts)
+    inner = range(1, len(trace))
+    assert score([""] * len(inner), [trace[h:] for h in inner]) == [0.0] * len(inner)  # continuation alone
+    wrong = trace[:-2] + ("1" if trace[-2] == "0" else "0") + "."  # a wrong last digit of the answer
+    before = range(len(trace) - 1)  # cuts that leave the wrong digit in the continuation
+    assert score([trace[:h] for h in before], [wrong[h:] for h in before]) == [0.0] * len(before)
+
+
+def test_metrics_split_by_prefixed_groups(setup, sort_task, tmp_path):
+    trainer = make_trainer(setup, reward_function(sort_task, setup.problems), tmp_path)
+    (pid, problem), (other, _) = setup.problems.items()
+    trace = solve_sort(problem.prompt)
+    groups = [(True, trace[:40], [trace[40:], " 1:9"]),  # rewards 1, 0
+              (False, "", ["", " =1."]),  # 0, 0
+              (True, trace[:60], [trace[60:], trace[60:]]),  # 1, 1
+              (False, "", [trace, "x"])]  # 1, 0
+    inputs, completions = [], []
+    for prefixed, prefix, samples in groups:
+        for sample in samples:
+            inputs.append({"prompt": problem.prompt + prefix, "problem_id": pid, "prefix": prefix, "prefixed": prefixed})
+            completions.append(sample)
+    rewards = trainer._calculate_rewards(inputs, [x["prompt"] for x in inputs], completions,
+                                         [setup.tok(c)["input_ids"] for c in completions])
+    assert rewards.squeeze(1).tolist() == [1, 0, 0, 0, 1, 1, 1, 0]
+    metrics = trainer._metrics["train"]
+    assert metrics["reward_prefixed"] == [0.75] and metrics["zero_advantage_prefixed"] == [0.5]
+    assert metrics["reward_unprefixed"] == [0.25] and metrics["zero_advantage_unprefixed"] == [0.5]
+    trainer._calculate_rewards(inputs[2:4], [x["prompt"] for x in inputs[2:4]], completions[2:4], [[1], [1]])
+    assert metrics["reward_unprefixed"] == [0.25, 0.0] and metrics["zero_advantage_unprefixed"] == [0.5, 1.0]
+    assert metrics["reward_prefixed"] == [0.75]  # no prefixed group: nothing logged for them
+
+
+CFG = TrainConfig(steps=2, problems_per_step=2, num_generations=2, max_completion_length=MAX_LEN, eval_every=1,
+                  eval_n=2, save_every=1)
+
+
+def run_train(setup, task, out_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "reward_function", mixed_rewards)
+        return train(task, str(setup.model_dir), setup.rows, out_dir, CFG,
+                     eval_problems={"train": list(setup.problems.values()), "heldout": task.problems("heldout")[:2]})
+
+
+@pytest.fixture(scope="module")
+def trained(setup, sort_task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert run_train(setup, sort_task, out) == out / "model"
+    return out
+
+
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_end_to_end_run(setup, trained):
+    metrics = read(trained / "metrics.jsonl")
+    steps = [r for r in metrics if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        assert torch.isfinite(torch.tensor(r["loss"])) and r["grad_norm"] > 0  # mixed groups: a real gradient
+        assert [r[f"zero_advantage_{k}"] for k in ("prefixed", "unprefixed") if f"reward_{k}" in r] in ([0.0], [0.0, 0.0])
+    assert steps[0]["flops/total"] < steps[1]["flops/total"]
+    evals = read(trained / "eval.jsonl")
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    assert [r["flops"] for r in evals] == [0, steps[0]["flops/total"], steps[1]["flops/total"]]
+    assert all(0 <= r[f"eval/{s}/pass@1"] <= 1 for r in evals for s in ("train", "heldout"))
+
+    ledger = json.loads((trained / "flops.json").read_text())
+    rollouts, updates = ledger["stages"]["rollouts"], ledger["stages"]["updates"]
+    assert set(ledger["stages"]) == {"rollouts", "updates"} and ledger["total"] == steps[1]["flops/total"]
+    assert updates["train_tokens"] == rollouts["inference_tokens"] == steps[1]["num_tokens"]  # prompt + completion
+    assert updates["flops"] == 3 * rollouts["flops"] > 0
+    checkpoints = trained / "checkpoints"
+    assert FlopsLedger(checkpoints / "checkpoint-1" / "flops.json").total == steps[0]["flops/total"]
+    assert FlopsLedger(checkpoints / "checkpoint-2" / "flops.json").total == ledger["total"]
+    assert json.loads((trained / "manifest.json").read_text())["flops"] == ledger["total"]
+
+    before = AutoModelForCausalLM.from_pretrained(setup.model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(trained / "model").state_dict()
+    assert before.keys() == after.keys() and all(torch.isfinite(v).all() for v in after.values())
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "model.norm.weight" in moved and "model.layers.0.mlp.down_proj.weight" in moved
+
+
+def test_resume_matches_an_uninterrupted_run(setup, sort_task, trained, tmp_path):
+    out = tmp_path / "killed"
+    shutil.copytree(trained, out)  # a run killed after checkpoint-1 (its logs ran on past it)
+    shutil.rmtree(out / "model")
+    shutil.rmtree(out / "checkpoints" / "checkpoint-2")
+    run_train(setup, sort_task, out)
+    assert [r["step"] for r in read(out / "metrics.jsonl")] == [r["step"] for r in read(trained / "metrics.jsonl")]
+    assert [r["step"] for r in read(out / "eval.jsonl")] == [0, 1, 2]
+    resumed, fresh = (json.loads((d / "flops.json").read_text()) for d in (out, trained))
+    assert resumed == fresh  # same seed on CPU: the same tokens, counted once
+    final = {k: v for k, v in read(out / "metrics.jsonl")[1].items() if k != "step_time"}
+    assert final == {k: v for k, v in read(trained / "metrics.jsonl")[1].items() if k != "step_time"}
+    after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    reference = AutoModelForCausalLM.from_pretrained(trained / "model").state_dict()
+    assert all(torch.allclose(after[k], reference[k]) for k in reference)
