@@ -1,0 +1,83 @@
+"""Is the task in PrefixRL's regime? Plain RL vs PrefixRL on the same hard problems and budget.
+
+    python benchmarks/regime.py --task sort [--steps 60] [--properties runs/task-properties/sort]
+
+Reads the hard problems and traces that `benchmarks/task_properties.py` wrote, then trains the
+base model twice with identical settings: `rl` (unprefixed hard problems, n = 8) and `prefixrl`
+(3 prefixes per trace at 40-80% + 1 unprefixed copy). Prints, per method, the unprefixed pass@1
+on the hard training problems and on held-out problems before and after, the mean reward of
+prefixed and unprefixed groups, and the share of groups with zero advantage (no gradient).
+Property 5 of the README's task table: plain RL should stay flat while prefixed groups get reward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from prefixrl.models import load_model, resolve_model
+from prefixrl.prefixes import PrefixConfig, prefixed_problems
+from prefixrl.tasks import load_problems, load_task
+from prefixrl.traces import load_traces
+from prefixrl.train import TrainConfig, select_rows, train
+
+
+def mean_metric(rows: list[dict], key: str) -> float:
+    values = [row[key] for row in rows if key in row]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="sort")
+    parser.add_argument("--model", default=None, help="default: builtin:TASK")
+    parser.add_argument("--properties", default=None, help="default: runs/task-properties/TASK")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument("--eval-n", type=int, default=16)
+    parser.add_argument("--out", default=None, help="default: runs/regime/TASK")
+    args = parser.parse_args()
+
+    task = load_task(args.task)
+    model_path = resolve_model(args.model or f"builtin:{args.task}")
+    source = Path(args.properties or f"runs/task-properties/{args.task}")
+    out = Path(args.out or f"runs/regime/{args.task}")
+    traces = load_traces(source / "collect" / "traces.jsonl")
+    hard = {p.id: p for p in load_problems(task, str(source / "screen" / "hard.jsonl"))}
+    solved = [hard[pid] for pid in dict.fromkeys(t["problem_id"] for t in traces)]
+    _, tokenizer = load_model(model_path, device="cpu")
+    rows = prefixed_problems(tokenizer, traces, hard, PrefixConfig())
+    evals = {"hard": solved, "heldout": task.problems("heldout")[:len(solved)]}
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, eval_every=args.eval_every, eval_n=args.eval_n)
+
+    results = {}
+    for method in ("rl", "prefixrl"):
+        run_dir = out / method
+        train(task, model_path, select_rows(rows, method), run_dir, cfg, eval_problems=evals,
+              prior_flops=None)
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        curve = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+        results[method] = {
+            "hard pass@1": (curve[0]["eval/hard/pass@1"], curve[-1]["eval/hard/pass@1"]),
+            "heldout pass@1": (curve[0]["eval/heldout/pass@1"], curve[-1]["eval/heldout/pass@1"]),
+            "reward prefixed": mean_metric(metrics, "reward_prefixed"),
+            "reward unprefixed": mean_metric(metrics, "reward_unprefixed"),
+            "zero-adv groups": mean_metric(metrics, "zero_advantage_unprefixed") if method == "rl"
+            else mean_metric(metrics, "zero_advantage_prefixed"),
+        }
+    print(f"\n{args.task}: {len(solved)} hard problems with a trace, {args.steps} steps, "
+          f"{cfg.problems_per_step} problems x {cfg.num_generations} samples, lr {args.lr}\n")
+    print("| method | hard pass@1 (start -> end) | held-out pass@1 | reward prefixed | reward unprefixed | "
+          "zero-advantage groups |\n|---|---|---|---|---|---|")
+    for method, r in results.items():
+        print(f"| {method} | {r['hard pass@1'][0]:.3f} -> {r['hard pass@1'][1]:.3f} | "
+              f"{r['heldout pass@1'][0]:.3f} -> {r['heldout pass@1'][1]:.3f} | {r['reward prefixed']:.3f} | "
+              f"{r['reward unprefixed']:.4f} | {r['zero-adv groups']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
