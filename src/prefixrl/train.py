@@ -210,6 +210,8 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     kept_step = int(checkpoint.name.split("-")[1]) if checkpoint else -1
     for log_name in ("metrics.jsonl", "eval.jsonl"):  # forget what the kill lost since the checkpoint
         AppendLog(out_dir / log_name).keep(lambda row: row["step"] <= kept_step)
+    if len(rows) < cfg.problems_per_step:  # a batch needs problems_per_step rows: repeat a small set
+        rows = rows * -(-cfg.problems_per_step // len(rows))
     trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), args=grpo_config(cfg, out_dir),
                               train_dataset=Dataset.from_list(rows), processing_class=tokenizer, flops_ledger=ledger)
     trainer.add_callback(MetricsLog(AppendLog(out_dir / "metrics.jsonl")))
