@@ -205,3 +205,29 @@ def test_success_curve_by_hand():
     rows = [{"points": [{"fraction": 0.0, "n": 4, "correct": 1}, {"fraction": 0.5, "n": 4, "correct": 2}]},
             {"points": [{"fraction": 0.0, "n": 2, "correct": 0}, {"fraction": 0.5, "n": 8, "correct": 8}]}]
     assert success_curve(rows) == {0.0: 0.125, 0.5: 0.75}
+
+
+def test_adaptive_fractions_pick_the_shortest_prefix_in_the_band():
+    from prefixrl.prefixes import adaptive_fractions
+
+    def row(trace, rates):
+        return {"trace": trace, "points": [{"fraction": f, "n": 10, "correct": round(r * 10)} for f, r in rates]}
+
+    calibration = [row(0, [(0.0, 0.0), (0.5, 0.3), (0.8, 0.9)]),  # 0.5 is the first in [0.2, 0.8]
+                   row(1, [(0.0, 0.0), (0.5, 0.1), (0.8, 0.9)]),  # none inside: shortest above
+                   row(2, [(0.0, 0.0), (0.5, 0.0), (1.0, 0.1)])]  # all below: the longest
+    assert adaptive_fractions(calibration, (0.2, 0.8)) == {0: 0.5, 1: 0.8, 2: 1.0}
+
+
+def test_adaptive_policy_needs_a_calibration(sort_task):
+    from prefixrl.models import char_tokenizer
+    from prefixrl.prefixes import PrefixConfig, prefixed_problems
+
+    problem = sort_task.problems("train")[0]
+    trace = {"problem_id": problem.id, "completion": solve_sort(problem.prompt)}
+    with pytest.raises(ValueError, match="calibration"):
+        prefixed_problems(char_tokenizer(), [trace], {problem.id: problem}, PrefixConfig(policy="adaptive"))
+    calibration = [{"trace": 0, "points": [{"fraction": 0.5, "n": 4, "correct": 2}]}]
+    rows = prefixed_problems(char_tokenizer(), [trace], {problem.id: problem}, PrefixConfig(policy="adaptive"),
+                             calibration=calibration)
+    assert [r["prefix_fraction"] for r in rows if r["prefixed"]] == [pytest.approx(0.5, abs=0.02)]

@@ -137,7 +137,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
              task: str = TASK,
              traces: Path = typer.Option(..., help="Trace store (traces.jsonl)."),
              out: Path = typer.Option(Path("runs/prefixes"), help="Output folder."),
-             policy: str = typer.Option("uniform", help="Cut policy: uniform (paper) | fixed | tokens."),
+             policy: str = typer.Option("uniform", help="Cut policy: uniform (paper) | fixed | tokens | adaptive."),
              cuts: int = typer.Option(3, help="uniform: prefixes per trace."),
              low: float = typer.Option(0.4, help="uniform: lowest cut, as a fraction of the trace."),
              high: float = typer.Option(0.8, help="uniform: highest cut, as a fraction of the trace."),
@@ -145,7 +145,9 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
              tokens: list[int] = typer.Option([], help="tokens: a prefix length in policy tokens (repeatable)."),
              snap: Optional[str] = typer.Option(None, help="Cut only where a step starts with this separator."),
              unprefixed: int = typer.Option(1, help="Unprefixed copies per problem (1: the paper's 3:1; 0: prefixed only)."),
-             calibrate_n: int = typer.Option(0, help="Also measure success vs prefix fraction with this many samples."),
+             calibrate_n: int = typer.Option(0, help="Measure success vs prefix fraction with this many samples "
+                                              "(needed by --policy adaptive)."),
+             band: tuple[float, float] = typer.Option((0.2, 0.8), help="adaptive: target success band of a prefix."),
              seed: int = SEED, quiet: bool = QUIET):
     """Cut prefixes from correct traces and write the training mix (train.jsonl)."""
     from prefixrl.files import write_jsonl
@@ -157,20 +159,25 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
     try:
         the_task = load_task(task)
         cfg = PrefixConfig(policy=policy, cuts_per_trace=cuts, low=low, high=high, fractions=list(fraction),
-                           token_counts=list(tokens), snap=snap, unprefixed_per_problem=unprefixed, seed=seed)
+                           token_counts=list(tokens), band=band, snap=snap, unprefixed_per_problem=unprefixed,
+                           seed=seed)
         model_obj, tokenizer = load_model(resolve_model(model))
         all_traces = load_traces(traces)
         problems = {p.id: p for split in ("train", "heldout", "easy") for p in the_task.problems(split)}
-        rows = prefixed_problems(tokenizer, all_traces, problems, cfg)
-        write_jsonl(out / "train.jsonl", rows)
+        calibration = None
         if calibrate_n:
             from prefixrl.generate import HFSampler, SamplingParams
             from prefixrl.prefixes import calibrate, success_curve
+            from prefixrl.report import plot_success_vs_prefix
 
             sampler = HFSampler(model_obj, tokenizer, SamplingParams())
-            curve = success_curve(calibrate(the_task, sampler, tokenizer, all_traces, problems, out,
-                                            n=calibrate_n, seed=seed, quiet=quiet))
+            calibration = calibrate(the_task, sampler, tokenizer, all_traces, problems, out, n=calibrate_n,
+                                    seed=seed, quiet=quiet)
+            curve = success_curve(calibration)
+            plot_success_vs_prefix({model: curve}, out / "success_vs_prefix.png")
             _print_dict("success vs prefix fraction", {f"{f:.0%}": v for f, v in curve.items()})
+        rows = prefixed_problems(tokenizer, all_traces, problems, cfg, calibration=calibration)
+        write_jsonl(out / "train.jsonl", rows)
     except (ValueError, InputError) as err:
         _fail(err)
     n_prefixed = sum(r["prefixed"] for r in rows)

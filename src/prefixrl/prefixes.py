@@ -19,19 +19,22 @@ from prefixrl.tasks import Problem, Task
 
 @dataclass
 class PrefixConfig:
-    policy: str = "uniform"  # uniform (paper) | fixed | tokens
+    policy: str = "uniform"  # uniform (paper) | fixed | tokens | adaptive (from a calibration)
     cuts_per_trace: int = 3  # uniform: prefixes per trace (paper: 3)
     low: float = 0.4  # uniform: cut points drawn from [low, high] of the trace's tokens (paper: 40-80%)
     high: float = 0.8
     fractions: list[float] = field(default_factory=lambda: [0.5])  # fixed: fractions of the trace
     token_counts: list[int] = field(default_factory=list)  # tokens: prefix lengths in policy tokens
+    band: tuple[float, float] = (0.2, 0.8)  # adaptive: target success rate of the prefixed problem
     snap: str | None = None  # cut only where a step starts: this separator (" " or "\n"); None: anywhere
     unprefixed_per_problem: int = 1  # unprefixed copies per problem: 3 cuts + 1 = the paper's 3:1 mix
     seed: int = 0
 
     def __post_init__(self):
-        if self.policy not in ("uniform", "fixed", "tokens"):
-            raise ValueError(f"PrefixConfig.policy must be uniform, fixed or tokens, got {self.policy!r}")
+        if self.policy not in ("uniform", "fixed", "tokens", "adaptive"):
+            raise ValueError(f"PrefixConfig.policy must be uniform, fixed, tokens or adaptive, got {self.policy!r}")
+        if not 0.0 <= self.band[0] <= self.band[1] <= 1.0:
+            raise ValueError(f"PrefixConfig.band must be (low, high) within [0, 1], got {self.band}")
         if not 0.0 <= self.low <= self.high <= 1.0:
             raise ValueError(f"PrefixConfig needs 0 <= low <= high <= 1, got low={self.low}, high={self.high}")
         if any(not 0.0 <= f <= 1.0 for f in self.fractions):
@@ -75,6 +78,19 @@ def cut_points(cfg: PrefixConfig, text: str, offsets: list[tuple[int, int]], rng
     return points
 
 
+def adaptive_fractions(calibration: list[dict], band: tuple[float, float]) -> dict[int, float]:
+    """Per trace, the shortest prefix fraction whose measured success rate lies in `band` (the
+    informative middle: neither all-fail nor all-pass groups). A trace with no point in the band
+    gets the shortest fraction above it, or, if every point is below it, the longest."""
+    chosen = {}
+    for row in calibration:
+        points = sorted((p["fraction"], p["correct"] / p["n"]) for p in row["points"])
+        inside = [f for f, rate in points if band[0] <= rate <= band[1]]
+        above = [f for f, rate in points if rate > band[1]]
+        chosen[row["trace"]] = inside[0] if inside else above[0] if above else points[-1][0]
+    return chosen
+
+
 def render_prompt(tokenizer, problem_prompt: str, prefix: str) -> str:
     """The prompt the policy continues: the prompt it answers from (base models: the problem; chat
     models: the chat template's generation prompt), then the prefix verbatim, just as if the policy
@@ -88,11 +104,15 @@ def render_prompt(tokenizer, problem_prompt: str, prefix: str) -> str:
 
 
 def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem],
-                      cfg: PrefixConfig | None = None) -> list[dict]:
+                      cfg: PrefixConfig | None = None, calibration: list[dict] | None = None) -> list[dict]:
     """Training rows: `cuts_per_trace` prefixed rows per trace and `unprefixed_per_problem` plain
     rows per problem with a trace. Each row keeps its problem id, prefix fraction and prefix
     token count, so every metric can be split by them."""
     cfg = cfg or PrefixConfig()
+    if cfg.policy == "adaptive":
+        if calibration is None:
+            raise ValueError("the adaptive cut policy needs a calibration (prefixrl prefixes --calibrate-n N)")
+        fractions = adaptive_fractions(calibration, cfg.band)
     rows, with_trace = [], []
     for index, trace in enumerate(traces):
         pid = trace["problem_id"]
@@ -103,7 +123,13 @@ def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem
         rng = random.Random(stable_seed(cfg.seed, f"{pid}:{index}"))  # cut points drawn once, then fixed
         text = trace["completion"]
         offsets = token_offsets(tokenizer, text)
-        for h in cut_points(cfg, text, offsets, rng):
+        if cfg.policy == "adaptive":
+            if index not in fractions:
+                continue  # not calibrated: no prefix for this trace
+            points = [round(fractions[index] * len(offsets))]
+        else:
+            points = cut_points(cfg, text, offsets, rng)
+        for h in points:
             prefix = prefix_at(text, offsets, h)
             rows.append(_row(tokenizer, problems[pid], prefix, h, h / max(1, len(offsets)), index))
     for pid in with_trace:
