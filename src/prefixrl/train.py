@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
+from datasets import Dataset
 from transformers import TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
@@ -120,8 +122,14 @@ class PrefixRLTrainer(GRPOTrainer):
             self.flops_ledger.add("extra_forward", n_params=self.n_params, inference_tokens=extra)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["flops/total"].append(self.flops_ledger.total)
+        lengths = out["completion_mask"].sum(1).float()
+        prefixed = torch.tensor([bool(x["prefixed"]) for x in inputs], device=lengths.device)
+        for name, mask in (("prefixed", prefixed), ("unprefixed", ~prefixed)):
+            gathered = self.accelerator.gather(torch.stack([lengths[mask].sum(), mask.sum().float()]).reshape(1, 2))
+            total, count = gathered.sum(0).tolist()
+            if count:
+                self._metrics[mode][f"continuation_length_{name}"].append(total / count)
         return out
-
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -193,12 +201,10 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     """Train `model_path` on `rows` (prompt, problem_id, prefix, prefixed, ...) and save the result in
     out_dir/model. Resumes from the last checkpoint in out_dir. `prior_flops` (e.g. collection) is
     charged to the run's ledger so curves start after it."""
-    import weakref
-
-    from datasets import Dataset
-
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
+    if (out_dir / "model").is_dir() and (out_dir / "manifest.json").exists():
+        return out_dir / "model"  # finished earlier
     start = time.time()
     set_seed(cfg.seed)
     atomic_write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=2))
