@@ -195,6 +195,9 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           problems_per_step: int = typer.Option(16, help="Problems per batch."),
           num_generations: int = typer.Option(8, help="Samples per problem (the group)."),
           lr: float = typer.Option(1e-4, help="Learning rate."),
+          loss_type: str = typer.Option("dr_grpo", help="Any TRL GRPO loss type (dr_grpo: plain REINFORCE)."),
+          scale_rewards: str = typer.Option("none", help="none (paper) | group | batch: std scaling of advantages."),
+          beta: float = typer.Option(0.0, help="KL coefficient against the base policy (paper: 0)."),
           eval_every: int = typer.Option(20, help="Steps between unprefixed evaluations."),
           eval_n: int = typer.Option(16, help="Samples per problem at each evaluation."),
           heldout: str = typer.Option("heldout", help="Held-out problems: split name or JSONL."),
@@ -211,6 +214,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         the_task = load_task(task)
         rows = select_rows(read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed")), method)
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
+                          loss_type=loss_type, scale_rewards=scale_rewards, beta=beta,
                           eval_every=eval_every, eval_n=eval_n, max_completion_length=max_completion_length, seed=seed)
         by_id = {p.id: p for split in ("train", "heldout", "easy") for p in the_task.problems(split)}
         hard = [by_id[pid] for pid in dict.fromkeys(r["problem_id"] for r in rows)]
