@@ -39,6 +39,7 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--eval-n", type=int, default=16)
+    parser.add_argument("--methods", nargs="+", default=["rl", "prefixrl"])
     parser.add_argument("--out", default=None, help="default: runs/regime/TASK")
     args = parser.parse_args()
 
@@ -55,7 +56,7 @@ def main():
     cfg = TrainConfig(steps=args.steps, lr=args.lr, eval_every=args.eval_every, eval_n=args.eval_n)
 
     results = {}
-    for method in ("rl", "prefixrl"):
+    for method in args.methods:
         run_dir = out / method
         train(task, model_path, select_rows(rows, method), run_dir, cfg, eval_problems=evals,
               prior_flops=None)
