@@ -19,20 +19,18 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from prefixrl.files import InputError, atomic_write_text
+from prefixrl.evaluate import evaluate
+from prefixrl.files import InputError, atomic_write_text, write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import SamplingParams, make_sampler
 from prefixrl.models import resolve_model
+from prefixrl.prefixes import PrefixConfig, calibrate, prefixed_problems, success_curve
+from prefixrl.report import markdown_table, plot_reward_vs_flops, plot_success_vs_prefix
 from prefixrl.runinfo import write_manifest
 from prefixrl.screen import screen
 from prefixrl.tasks import load_problems, load_task
 from prefixrl.traces import CollectConfig, collect
-from prefixrl.prefixes import PrefixConfig, calibrate, prefixed_problems, success_curve
 from prefixrl.train import TrainConfig, select_rows, train
-from prefixrl.evaluate import evaluate
-from prefixrl.report import markdown_table, plot_reward_vs_flops, plot_success_vs_prefix
-from prefixrl.files import write_jsonl
-
 
 @dataclass
 class ScreenConfig:
@@ -52,8 +50,8 @@ class EvalConfig:
 
 @dataclass
 class DemoConfig:
-    task: str = "sort"
-    model: str = "builtin:sort"  # a model folder, or builtin:TASK for the shipped base model
+    task: str = "chain"
+    model: str = "builtin:chain"  # a model folder, or builtin:TASK for the shipped base model
     seed: int = 0
     sampling: SamplingParams = field(default_factory=SamplingParams)
     screen: ScreenConfig = field(default_factory=ScreenConfig)

@@ -9,7 +9,7 @@ The result is a plain `save_pretrained` folder: `AutoModelForCausalLM.from_pretr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,7 +44,6 @@ def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None)
     cfg = cfg or PretrainConfig()
     out_dir = Path(out_dir)
     set_seed(cfg.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer = char_tokenizer()
     model = tiny_model(tokenizer, cfg.model, seed=cfg.seed)
     pairs = task.corpus(cfg.steps * cfg.batch_size, seed=cfg.seed)
@@ -66,7 +65,7 @@ def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None)
     ledger = FlopsLedger(out_dir / "flops.json")
     ledger.add("pretrain", train_tokens=n_tokens, n_params=n_params(model))
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    write_manifest(out_dir, stage="pretrain", config={"task": task.name, **_asdict(cfg)}, seed=cfg.seed,
+    write_manifest(out_dir, stage="pretrain", config={"task": task.name, **asdict(cfg)}, seed=cfg.seed,
                    flops=ledger.total, wall_time_s=time.time() - start,
                    extra={"final_loss": losses[-1] if losses else None, "n_params": n_params(model)})
     return out_dir
@@ -75,8 +74,3 @@ def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None)
 def task_max_length(pairs: list[tuple[str, str]]) -> int:
     return max(len(p) + len(c) for p, c in pairs) + 2
 
-
-def _asdict(cfg: PretrainConfig) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
