@@ -13,11 +13,11 @@ Property 5 of the README's task table: plain RL should stay flat while prefixed 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
+from prefixrl.files import read_jsonl
 from prefixrl.models import load_model, resolve_model
 from prefixrl.prefixes import PrefixConfig, prefixed_problems
 from prefixrl.tasks import load_problems, load_task
@@ -60,8 +60,7 @@ def main():
         run_dir = out / method
         train(task, model_path, select_rows(rows, method), run_dir, cfg, eval_problems=evals,
               prior_flops=None)
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        curve = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+        metrics, curve = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "eval.jsonl")
         results[method] = {
             "hard pass@1": (curve[0]["eval/hard/pass@1"], curve[-1]["eval/hard/pass@1"]),
             "heldout pass@1": (curve[0]["eval/heldout/pass@1"], curve[-1]["eval/heldout/pass@1"]),

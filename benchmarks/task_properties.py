@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from prefixrl.evaluate import pass_at_k, score_problems
-from prefixrl.files import atomic_write_text
+from prefixrl.files import atomic_write_text, read_jsonl
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import load_model, resolve_model
 from prefixrl.prefixes import calibrate, success_curve
@@ -57,7 +57,7 @@ def main():
 
     problems = task.problems("train")[:args.problems]
     hard = screen(task, sampler, problems, out / "screen", n=args.n, seed=1, quiet=args.quiet)
-    rows = [json.loads(line) for line in (out / "screen" / "scores.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "screen" / "scores.jsonl")
     result["hard_pass@1"] = float(np.mean([r["correct"] / r["n"] for r in rows]))
     result["hard_chance"] = float(np.mean([task.chance(p) for p in problems])) if hasattr(task, "chance") else None
     result[f"share_pass@{args.n}=0"] = len(hard) / len(problems)

@@ -153,7 +153,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
     from prefixrl.files import write_jsonl
     from prefixrl.models import load_model, resolve_model
     from prefixrl.prefixes import PrefixConfig, prefixed_problems
-    from prefixrl.tasks import load_task
+    from prefixrl.tasks import load_task, problems_by_id
     from prefixrl.traces import load_traces
 
     try:
@@ -163,7 +163,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
                            seed=seed)
         model_obj, tokenizer = load_model(resolve_model(model))
         all_traces = load_traces(traces)
-        problems = {p.id: p for split in ("train", "heldout", "easy") for p in the_task.problems(split)}
+        problems = problems_by_id(the_task)
         calibration = None
         if calibrate_n:
             from prefixrl.generate import HFSampler, SamplingParams
@@ -207,7 +207,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
     from prefixrl.files import read_jsonl
     from prefixrl.flops import FlopsLedger
     from prefixrl.models import resolve_model
-    from prefixrl.tasks import load_problems, load_task
+    from prefixrl.tasks import load_problems, load_task, problems_by_id
     from prefixrl.train import TrainConfig, select_rows, train as run
 
     try:
@@ -216,7 +216,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
                           loss_type=loss_type, scale_rewards=scale_rewards, beta=beta,
                           eval_every=eval_every, eval_n=eval_n, max_completion_length=max_completion_length, seed=seed)
-        by_id = {p.id: p for split in ("train", "heldout", "easy") for p in the_task.problems(split)}
+        by_id = problems_by_id(the_task)
         hard = [by_id[pid] for pid in dict.fromkeys(r["problem_id"] for r in rows)]
         evals = {"train": hard, "heldout": load_problems(the_task, heldout)}
         path = run(the_task, resolve_model(model), rows, out, cfg, eval_problems=evals,

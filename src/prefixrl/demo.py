@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prefixrl.evaluate import evaluate
-from prefixrl.files import InputError, atomic_write_text, write_jsonl
+from prefixrl.files import InputError, atomic_write_text, read_jsonl, write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import SamplingParams, make_sampler
 from prefixrl.models import resolve_model
@@ -158,7 +158,7 @@ def _training_only(out: Path) -> FlopsLedger:
 
 def _write_report(out: Path, cfg: DemoConfig, task: str, n_screened: int, hard, solved, results, ledger,
                   curves, collect_flops: float) -> dict:
-    eval_rows = [json.loads(line) for line in (out / "train" / "eval.jsonl").read_text().splitlines()]
+    eval_rows = read_jsonl(out / "train" / "eval.jsonl")
     plot_reward_vs_flops({cfg.method: eval_rows}, out / "report" / "reward_vs_flops.png", marker_flops=collect_flops)
     plot_success_vs_prefix(curves, out / "report" / "success_vs_prefix.png")
     table = [[f"{split} ({results[('base', split)]['problems']})",

@@ -21,7 +21,7 @@ from prefixrl.files import AppendLog, InputError, atomic_write_text, iter_jsonl,
 from prefixrl.flops import FlopsLedger, inference_flops
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Problem, Task
+from prefixrl.tasks import Problem, Task, problems_by_id
 
 
 @dataclass
@@ -157,7 +157,7 @@ def import_traces(task: Task, store: str | Path, source_file: str | Path, source
     """Verify records from JSONL, Parquet or a saved `datasets` folder and add the correct, new ones
     to the store. Returns {"added", "rejected": [{"line", "reason"}...]}; the store is rewritten
     atomically, so a failure leaves it as it was."""
-    problems = {p.id: p for split in ("train", "heldout", "easy") for p in task.problems(split)}
+    problems = problems_by_id(task)
     store = Path(store)
     traces = load_traces(store) if store.exists() else []
     seen = {(t["problem_id"], t["completion"]) for t in traces}

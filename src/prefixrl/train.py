@@ -33,7 +33,7 @@ from prefixrl.flops import FlopsLedger, inference_flops, train_flops
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import load_model, n_params
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Problem, Task
+from prefixrl.tasks import Problem, Task, problems_by_id
 
 
 @dataclass
@@ -209,7 +209,7 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     set_seed(cfg.seed)
     atomic_write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=2))
     model, tokenizer = load_model(model_path, device="cpu" if not torch.cuda.is_available() else None)
-    problems = {p.id: p for split in ("train", "heldout", "easy") for p in task.problems(split)}
+    problems = problems_by_id(task)
     problems.update({p.id: p for ps in (eval_problems or {}).values() for p in ps})
     checkpoint = _last_checkpoint(out_dir)
     ledger = _resume_ledger(out_dir, checkpoint, prior_flops)

@@ -90,10 +90,18 @@ def load_task(name: str, **kwargs) -> Task:
     return task
 
 
+SPLITS = ("train", "heldout", "easy")
+
+
+def problems_by_id(task: Task) -> dict[str, Problem]:
+    """Every problem of the task, all splits, by id (traces and training rows name problems by id)."""
+    return {p.id: p for split in SPLITS for p in task.problems(split)}
+
+
 def load_problems(task: Task, source: str) -> list[Problem]:
     """Problems from a split name ("train", "heldout", "easy") or a JSONL file of problems
     (such as the `hard.jsonl` that `screen` writes)."""
-    if source in ("train", "heldout", "easy"):
+    if source in SPLITS:
         return task.problems(source)
     from prefixrl.files import read_jsonl
 
