@@ -137,8 +137,7 @@ def run_demo(config_path: str | Path, out: str | Path, quiet: bool = False, cons
                                                     out / "prefixes" / "trained", n=cfg.evaluate.calibration_n,
                                                     seed=cfg.seed, quiet=quiet))
 
-    ledger = FlopsLedger(out / "flops.json")
-    ledger.stages = {}
+    ledger = FlopsLedger(out / "flops.json", fresh=True)
     for stage in ("screen", "traces", "train"):
         ledger.merge(FlopsLedger(out / stage / "flops.json") if stage != "train" else _training_only(out))
     summary = _write_report(out, cfg, task.name, len(problems), hard, solved, results, ledger,

@@ -54,8 +54,7 @@ def score_problems(task: Task, sampler: Sampler, problems: list[Problem], n: int
                 log.append(_score_row(task, problem, problem_samples, n))
             rate = len(group) * n / max(time.time() - t0, 1e-9)
             bar.update(task_id, advance=len(group), rate=f"{rate:,.0f} samples/s")
-    ledger = FlopsLedger(out_dir / "flops.json")  # derived from the log, so a resumed run counts right
-    ledger.stages = {}
+    ledger = FlopsLedger(out_dir / "flops.json", fresh=True)  # derived from the log, so a resumed run counts right
     ledger.add(stage, n_params=sampler.n_params, inference_tokens=sum(row["tokens"] for row in log.rows))
     by_id = {row["id"]: row for row in log.rows}
     return [by_id[p.id] for p in problems]

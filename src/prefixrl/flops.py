@@ -24,10 +24,11 @@ def train_flops(n_params: int, tokens: int) -> float:
 class FlopsLedger:
     """Per-stage token and FLOPs totals, kept in a JSON file (atomically rewritten on every add)."""
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, fresh: bool = False):
+        """fresh: start empty even if the file exists (a ledger re-derived from a stage's own log)."""
         self.path = Path(path) if path else None
         self.stages: dict[str, dict[str, float]] = {}
-        if self.path and self.path.exists():
+        if self.path and self.path.exists() and not fresh:
             self.stages = json.loads(self.path.read_text())["stages"]
 
     def add(self, stage: str, *, n_params: int, inference_tokens: int = 0, train_tokens: int = 0) -> float:

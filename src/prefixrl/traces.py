@@ -85,8 +85,7 @@ def collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str 
     traces = [t for row in log.rows for event in row["events"] for t in event["traces"]]
     write_jsonl(out_dir / "traces.jsonl", traces)
     summary = _summary(problems, progress, sampler.n_params)
-    ledger = FlopsLedger(out_dir / "flops.json")
-    ledger.stages = {}
+    ledger = FlopsLedger(out_dir / "flops.json", fresh=True)
     ledger.add("collect", n_params=sampler.n_params,
                inference_tokens=sum(p.prompt_tokens + p.generated_tokens for p in progress.values()))
     atomic_write_text(out_dir / "collect.json", json.dumps(summary, indent=2))

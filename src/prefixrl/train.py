@@ -244,8 +244,7 @@ def _last_checkpoint(out_dir: Path) -> Path | None:
 def _resume_ledger(out_dir: Path, checkpoint: Path | None, prior: FlopsLedger | None) -> FlopsLedger:
     """The run's ledger: the checkpoint's copy when resuming (FLOPs spent after that checkpoint
     were lost with the kill and are redone), else the prior stages' FLOPs."""
-    ledger = FlopsLedger(out_dir / "flops.json")
-    ledger.stages = {}
+    ledger = FlopsLedger(out_dir / "flops.json", fresh=True)
     source = FlopsLedger(checkpoint / "flops.json") if checkpoint else prior
     if source is not None:
         ledger.merge(source)
