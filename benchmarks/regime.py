@@ -22,7 +22,8 @@ from prefixrl.models import load_model, resolve_model
 from prefixrl.prefixes import PrefixConfig, prefixed_problems
 from prefixrl.tasks import load_problems, load_task
 from prefixrl.traces import load_traces
-from prefixrl.train import TrainConfig, select_rows, train
+from prefixrl.methods import run_method
+from prefixrl.train import TrainConfig
 
 
 def mean_metric(rows: list[dict], key: str) -> float:
@@ -58,8 +59,7 @@ def main():
     results = {}
     for method in args.methods:
         run_dir = out / method
-        train(task, model_path, select_rows(rows, method), run_dir, cfg, eval_problems=evals,
-              prior_flops=None)
+        run_method(method, task, model_path, rows, run_dir, cfg, traces=traces, eval_problems=evals)
         metrics, curve = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "eval.jsonl")
         results[method] = {
             "hard pass@1": (curve[0]["eval/hard/pass@1"], curve[-1]["eval/hard/pass@1"]),

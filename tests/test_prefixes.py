@@ -9,8 +9,8 @@ import torch
 from conftest import solve_sort
 from prefixrl.generate import HFSampler, Sample, SamplingParams
 from prefixrl.models import TinyModelConfig, char_tokenizer, tiny_model
-from prefixrl.prefixes import (PrefixConfig, calibrate, cut, cut_points, prefix_at, prefixed_problems, render_prompt,
-                               success_curve, token_offsets)
+from prefixrl.prefixes import (PrefixConfig, calibrate, cut, cut_points, hint_rows, prefix_at, prefixed_problems,
+                               render_hint, render_prompt, success_curve, token_offsets)
 from prefixrl.tasks import Problem
 
 torch.set_num_threads(1)
@@ -150,6 +150,39 @@ def test_chat_rows_end_with_the_prefix(two):
         for row in prefixed_problems(chat_tokenizer(template), traces, problems):
             assert row["prompt"].endswith(row["prefix"]) and row["prompt"].startswith("<|")
             assert problems[row["problem_id"]].prompt in row["prompt"]
+
+
+# --- the hint baseline ---------------------------------------------------------------------------
+@pytest.mark.parametrize("template", [CHATML, TRIM, QWEN3], ids=["chatml", "trim", "qwen3"])
+def test_hint_sits_in_the_user_turn(template):
+    tok = chat_tokenizer(template)
+    prompt = render_hint(tok, "740365 8:", " 1:470365/7 2:")
+    user_turn = "740365 8:\n\nHint: a correct solution begins with:  1:470365/7 2:"
+    # the unprefixed prompt with the hint added to the user's message: it ends with the generation prompt
+    assert prompt == GENERATION_PROMPT[template].replace("740365 8:", user_turn)
+
+
+def test_hint_for_a_base_model():
+    prompt = render_hint(TOK, "740365 8:", " 1:470365/7 2:")
+    assert prompt == "Hint: a correct solution begins with: 1:470365/7 2:\n740365 8:"
+    assert TOK.unk_token_id not in TOK(prompt, add_special_tokens=False)["input_ids"]  # "\n" is in the vocabulary
+
+
+def test_hint_rows(two):
+    problems, traces = two
+    for tok in (TOK, chat_tokenizer(CHATML)):
+        rows = prefixed_problems(tok, traces, problems)
+        hinted = hint_rows(tok, rows, problems)
+        keep = ("problem_id", "prefixed", "prefix_tokens", "prefix_fraction", "trace_index")
+        assert [{k: r[k] for k in keep} for r in hinted] == [{k: r[k] for k in keep} for r in rows]
+        for row, new in zip(rows, hinted):
+            problem = problems[row["problem_id"]]
+            if row["prefixed"]:
+                assert new["prefix"] == "" and new["hint"] == row["prefix"] != ""  # the reward scores the policy alone
+                assert new["prompt"] == render_hint(tok, problem.prompt, row["prefix"])
+            else:
+                assert new == {**row, "hint": ""}
+        assert len({tuple(sorted(r)) for r in hinted}) == 1  # the same columns in every row
 
 
 # --- calibration ---------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
+from trl import GRPOTrainer
 
 import prefixrl.train as train_module
 from conftest import solve_chain, solve_sort
 from prefixrl.flops import FlopsLedger
-from prefixrl.models import TinyModelConfig, char_tokenizer, tiny_model
+from prefixrl.models import TinyModelConfig, char_tokenizer, sequence_logprobs, tiny_model
 from prefixrl.prefixes import prefixed_problems
-from prefixrl.train import PrefixRLTrainer, TrainConfig, grpo_config, reward_function, train
+from prefixrl.train import OffPolicyTraces, PrefixRLTrainer, TrainConfig, grpo_config, reward_function, train
 
 torch.set_num_threads(1)
 SMALL = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -215,3 +216,80 @@ def test_resume_matches_an_uninterrupted_run(setup, sort_task, trained, tmp_path
     after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     reference = AutoModelForCausalLM.from_pretrained(trained / "model").state_dict()
     assert all(torch.allclose(after[k], reference[k]) for k in reference)
+
+
+def all_grads(model):
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
+
+
+def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setup, sort_task, tmp_path):
+    trainer = make_trainer(setup, mixed_rewards(sort_task, setup.problems), tmp_path)
+    model = trainer.model
+    prefixed = [r for r in setup.rows if r["prefixed"]]
+    batch = [dict(r) for r in (prefixed[0], setup.rows[-1], prefixed[4]) for _ in range(2)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(batch)
+    assert out["is_prefixed"].tolist() == [True, True, False, False, True, True]
+    out["advantages"] = torch.tensor([1.0, 0.5, -0.3, 0.2, 0.7, -1.0])  # nonzero for every row
+
+    def grad_of(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return all_grads(model)
+
+    whole_loss = GRPOTrainer._compute_loss(trainer, model, out)  # TRL's one pass over the batch
+    whole = grad_of(whole_loss)
+    parts = {}
+    for name, rows in (("prefixed", out["is_prefixed"]), ("unprefixed", ~out["is_prefixed"])):
+        part = {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() else v for k, v in out.items()}
+        parts[name] = grad_of(GRPOTrainer._compute_loss(trainer, model, part) * rows.float().mean())
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, out)
+    loss.backward()  # adds nothing: compute_loss ran both backward passes
+    assert torch.allclose(all_grads(model), whole, rtol=1e-4, atol=1e-7)
+    assert loss.item() == pytest.approx(whole_loss.item(), rel=1e-5)
+    assert torch.allclose(parts["prefixed"] + parts["unprefixed"], whole, rtol=1e-4, atol=1e-7)
+    metrics = trainer._metrics["train"]
+    for name, grad in parts.items():
+        assert metrics[f"grad_norm_{name}"] == [pytest.approx(grad.norm().item(), rel=1e-4)]
+        assert metrics[f"entropy_{name}"] and all(0 < e < 5 for e in metrics[f"entropy_{name}"])
+
+
+@pytest.mark.parametrize("weight", ["is", "luffy"])
+def test_off_policy_trace_joins_each_group_with_its_weight(setup, sort_task, tmp_path, weight):
+    trainer = make_trainer(setup, reward_function(sort_task, setup.problems), tmp_path)
+    model, tok = trainer.model, setup.tok
+    traces = {pid: tok(solve_sort(p.prompt), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+              for pid, p in setup.problems.items()}
+    # behaviour log-probs = the policy's own: pi/mu = 1, so `is` must equal REINFORCE on the trace
+    behaviour = {pid: sequence_logprobs(model, tok, setup.problems[pid].prompt, ids) for pid, ids in traces.items()}
+    trainer.off_policy = OffPolicyTraces(weight, traces, behaviour)
+    batch = [dict(r) for r in setup.rows if not r["prefixed"] for _ in range(2)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(batch)
+    assert out["off_policy"].tolist() == [False, True, False, True]  # each group's last sample
+    for i, row in enumerate(batch):
+        ids = out["completion_ids"][i][out["completion_mask"][i].bool()].tolist()
+        assert (ids == traces[row["problem_id"]]) == (i % 2 == 1)
+    assert out["advantages"].tolist() == [-0.5, 0.5, -0.5, 0.5]  # the random policy fails, the trace succeeds
+
+    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
+    attention = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
+    targets = torch.cat([torch.zeros_like(out["prompt_mask"]), out["completion_mask"]], 1)[:, 1:]
+    off = out["off_policy"][:, None]
+
+    def expected_loss():
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
+        logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        trace_term = logp if weight == "is" else logp.exp() / (logp.exp() + 0.1)
+        per_token = torch.where(off, trace_term, logp) * out["advantages"][:, None] * targets
+        return -per_token.sum() / (len(batch) * MAX_LEN)
+
+    model.zero_grad(set_to_none=True)
+    expected_loss().backward()
+    expected = all_grads(model)
+    model.zero_grad(set_to_none=True)
+    trainer._compute_loss(model, out).backward()
+    assert expected.abs().sum() > 0 and torch.allclose(all_grads(model), expected, rtol=1e-4, atol=1e-7)
+    if weight == "is":
+        assert trainer._metrics["train"]["importance_weight/mean"] == [pytest.approx(1.0, abs=1e-4)]

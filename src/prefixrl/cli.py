@@ -190,7 +190,9 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           task: str = TASK,
           data: Path = typer.Option(..., help="Training rows from `prefixrl prefixes` (train.jsonl)."),
           out: Path = typer.Option(Path("runs/train"), help="Run folder (resumes from its last checkpoint)."),
-          method: str = typer.Option("prefixrl", help="prefixrl (mix) | prefixrl-only (prefixed rows) | rl (unprefixed rows)."),
+          method: str = typer.Option("prefixrl", help="prefixrl | prefixrl-only | rl | rl-n64 | sft-rl | "
+                                     "offpolicy-is | luffy | hint (see `prefixrl.methods`)."),
+          traces: Optional[Path] = typer.Option(None, help="traces.jsonl: needed by sft-rl, offpolicy-is, luffy."),
           steps: int = typer.Option(100, help="Optimizer steps."),
           problems_per_step: int = typer.Option(16, help="Problems per batch."),
           num_generations: int = typer.Option(8, help="Samples per problem (the group)."),
@@ -198,29 +200,36 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           loss_type: str = typer.Option("dr_grpo", help="Any TRL GRPO loss type (dr_grpo: plain REINFORCE)."),
           scale_rewards: str = typer.Option("none", help="none (paper) | group | batch: std scaling of advantages."),
           beta: float = typer.Option(0.0, help="KL coefficient against the base policy (paper: 0)."),
+          is_truncation: Optional[float] = typer.Option(None, help="offpolicy-is: cap on pi/mu (default: none)."),
+          sft_epochs: Optional[int] = typer.Option(None, help="sft-rl: passes of SFT over the traces (default 100: tiny models)."),
           eval_every: int = typer.Option(20, help="Steps between unprefixed evaluations."),
           eval_n: int = typer.Option(16, help="Samples per problem at each evaluation."),
           heldout: str = typer.Option("heldout", help="Held-out problems: split name or JSONL."),
           prior_flops: Optional[Path] = typer.Option(None, help="flops.json of earlier stages to charge (e.g. collect's)."),
           max_completion_length: int = MAX_NEW, seed: int = SEED):
-    """On-policy RL on prefixed problems; only the policy's own continuation is trained."""
+    """RL on prefixed problems (only the policy's own continuation is trained), or a baseline."""
     from prefixrl.files import read_jsonl
     from prefixrl.flops import FlopsLedger
+    from prefixrl.methods import run_method
     from prefixrl.models import resolve_model
+    from prefixrl.sft import SFTStageConfig
     from prefixrl.tasks import load_problems, load_task, problems_by_id
-    from prefixrl.train import TrainConfig, select_rows, train as run
+    from prefixrl.traces import load_traces
+    from prefixrl.train import TrainConfig
 
     try:
         the_task = load_task(task)
-        rows = select_rows(read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed")), method)
+        rows = read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed"))
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
-                          loss_type=loss_type, scale_rewards=scale_rewards, beta=beta,
+                          loss_type=loss_type, scale_rewards=scale_rewards, beta=beta, is_truncation=is_truncation,
                           eval_every=eval_every, eval_n=eval_n, max_completion_length=max_completion_length, seed=seed)
         by_id = problems_by_id(the_task)
         hard = [by_id[pid] for pid in dict.fromkeys(r["problem_id"] for r in rows)]
         evals = {"train": hard, "heldout": load_problems(the_task, heldout)}
-        path = run(the_task, resolve_model(model), rows, out, cfg, eval_problems=evals,
-                   prior_flops=FlopsLedger(prior_flops) if prior_flops else None)
+        path = run_method(method, the_task, resolve_model(model), rows, out, cfg,
+                          traces=load_traces(traces) if traces else None, eval_problems=evals,
+                          prior_flops=FlopsLedger(prior_flops) if prior_flops else None,
+                          sft_cfg=SFTStageConfig(seed=seed, **({"epochs": sft_epochs} if sft_epochs else {})))
     except (ValueError, InputError) as err:
         _fail(err)
     console.print(f"saved the trained policy to {path}")
@@ -258,6 +267,21 @@ def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo confi
         run_demo(config, out, quiet=quiet, console=console)
     except (ValueError, InputError) as err:
         _fail(err)
+
+
+@app.command()
+def experiment(config: Path = typer.Argument(..., help="Experiment configuration (e.g. configs/benchmark.yaml)."),
+               out: Path = typer.Option(Path("runs/experiment"), help="Run folder (resumes if it exists)."),
+               quiet: bool = QUIET):
+    """Methods x seeds at equal FLOPs budgets, then the report (curves, speedup, claims)."""
+    from prefixrl.experiment import run_experiment
+
+    try:
+        summary = run_experiment(config, out, quiet=quiet, console=console)
+    except (ValueError, InputError) as err:
+        _fail(err)
+    for claim in summary["claims"]:
+        console.print(f"[bold]{claim['status']}[/bold]: {claim['claim']} ({claim['evidence']})")
 
 
 def _print_dict(title: str, values: dict) -> None:

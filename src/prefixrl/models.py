@@ -71,6 +71,15 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@torch.no_grad()
+def sequence_logprobs(model, tokenizer, prompt: str, ids: list[int]) -> list[float]:
+    """log p(ids | prompt) per token under `model` at temperature 1."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    input_ids = torch.tensor([prompt_ids + ids], device=model.device)
+    logits = model(input_ids=input_ids).logits[0, len(prompt_ids) - 1:-1].float()
+    return logits.log_softmax(-1).gather(-1, input_ids[0, len(prompt_ids):, None]).squeeze(-1).tolist()
+
+
 def count_params_from_config(path: str) -> int:
     """N for a model that is not loaded in this process (e.g. served by vLLM): build it on the
     meta device, which allocates no memory."""

@@ -3,7 +3,8 @@
 A prefixed problem is the problem followed by the first h tokens of a correct trace (h: prefix
 length in policy tokens); the policy continues it, and the reward is scored on prefix +
 continuation. `calibrate` measures the policy's success rate conditioned on prefixes at a grid
-of fractions of each trace: the "success vs prefix fraction" curve.
+of fractions of each trace: the "success vs prefix fraction" curve. The `hint` baseline shows the
+same prefixes in the user turn instead (`hint_rows`), and the policy writes a whole solution.
 """
 
 from __future__ import annotations
@@ -103,6 +104,19 @@ def render_prompt(tokenizer, problem_prompt: str, prefix: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
 
 
+HINT = "Hint: a correct solution begins with:"
+
+
+def render_hint(tokenizer, problem_prompt: str, hint: str) -> str:
+    """The `hint` baseline's prompt (BREAD-style): the prefix is shown as a hint in the user's turn,
+    and the policy answers from the generation prompt, writing a whole solution of its own. Base
+    models: the hint on a line of its own before the problem."""
+    if not getattr(tokenizer, "chat_template", None):
+        return f"{HINT}{hint}\n{problem_prompt}"  # the hint verbatim: traces often start with a space
+    messages = [{"role": "user", "content": f"{problem_prompt}\n\n{HINT} {hint}"}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem],
                       cfg: PrefixConfig | None = None, calibration: list[dict] | None = None) -> list[dict]:
     """Training rows: `cuts_per_trace` prefixed rows per trace and `unprefixed_per_problem` plain
@@ -141,6 +155,21 @@ def _row(tokenizer, problem: Problem, prefix: str, h: int, fraction: float, trac
     return {"prompt": render_prompt(tokenizer, problem.prompt, prefix), "problem_id": problem.id,
             "prefix": prefix, "prefixed": h > 0, "prefix_tokens": h, "prefix_fraction": round(fraction, 4),
             "trace_index": trace_index}
+
+
+def hint_rows(tokenizer, rows: list[dict], problems: dict[str, Problem]) -> list[dict]:
+    """The `hint` method's rows from `prefixed_problems`' rows: each prefix moves into the prompt as
+    a hint and `prefix` becomes "", so the reward scores the policy's own text alone, which must be
+    a whole solution. The split columns stay, so metrics split hinted / unhinted groups alike;
+    unprefixed rows pass through (with hint "": every row needs the same columns)."""
+    hinted = []
+    for row in rows:
+        if row["prefixed"]:
+            prompt = render_hint(tokenizer, problems[row["problem_id"]].prompt, row["prefix"])
+            hinted.append({**row, "prompt": prompt, "prefix": "", "hint": row["prefix"]})
+        else:
+            hinted.append({**row, "hint": ""})
+    return hinted
 
 
 def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], problems: dict[str, Problem],

@@ -31,7 +31,7 @@ from prefixrl.evaluate import score_problems
 from prefixrl.files import AppendLog, atomic_write_text
 from prefixrl.flops import FlopsLedger, inference_flops, train_flops
 from prefixrl.generate import HFSampler, SamplingParams
-from prefixrl.models import load_model, n_params
+from prefixrl.models import load_model, n_params, sequence_logprobs
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id
 
@@ -51,7 +51,10 @@ class TrainConfig:
     eval_n: int = 16  # samples per problem at each evaluation
     eval_temperature: float = 0.7  # the paper evaluates at 0.7
     save_every: int = 50  # steps between checkpoints (a killed run resumes from the last)
+    budget_flops: float | None = None  # stop once the run's ledger (charged prior stages included) reaches it
     report_to: str = "none"  # any of TRL's: tensorboard, trackio, wandb
+    is_truncation: float | None = None  # offpolicy-is: cap on the importance weight pi/mu (None: none)
+    luffy_gamma: float = 0.1  # luffy: the shaping constant in pi / (pi + gamma)
     seed: int = 0
 
     def __post_init__(self):
@@ -64,21 +67,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
 
 
-METHODS = {"prefixrl": "the 3:1 mix of prefixed and unprefixed problems", "prefixrl-only": "prefixed problems only",
-           "rl": "unprefixed problems only (plain on-policy RL)"}
-
-
-def select_rows(rows: list[dict], method: str) -> list[dict]:
-    """The training rows a method uses (all methods share one engine and one data file)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: choose one of {sorted(METHODS)}")
-    keep = {"prefixrl": lambda r: True, "prefixrl-only": lambda r: r["prefixed"], "rl": lambda r: not r["prefixed"]}
-    selected = [r for r in rows if keep[method](r)]
-    if not selected:
-        raise ValueError(f"method {method!r} found no rows to train on ({METHODS[method]})")
-    return selected
-
-
 def reward_function(task: Task, problems: dict[str, Problem]):
     """A TRL reward function: 1 if prefix + continuation is a correct solution, else 0."""
 
@@ -89,13 +77,89 @@ def reward_function(task: Task, problems: dict[str, Problem]):
     return correct
 
 
-class PrefixRLTrainer(GRPOTrainer):
-    """GRPOTrainer plus metrics split by prefixed / unprefixed groups and a FLOPs ledger."""
+@dataclass
+class OffPolicyTraces:
+    """Correct traces that join on-policy groups as one extra sample (the `luffy` and `offpolicy-is`
+    baselines): per problem id, the trace's policy token ids (<eos> included) and the behaviour
+    policy's log-probs of them."""
 
-    def __init__(self, *args, flops_ledger: FlopsLedger, **kwargs):
+    weight: str  # "is": truncated importance weight pi/mu on grad log pi | "luffy": shaped pi/(pi + gamma)
+    token_ids: dict[str, list[int]]
+    behaviour_logprobs: dict[str, list[float]]
+    is_truncation: float | None = None  # is: cap on pi/mu (None: untruncated, as in the paper's baseline)
+    luffy_gamma: float = 0.1  # luffy: the shaping constant of Yan et al. (2025)
+
+    def __post_init__(self):
+        if self.weight not in ("is", "luffy"):
+            raise ValueError(f"OffPolicyTraces.weight must be 'is' or 'luffy', got {self.weight!r}")
+
+
+class PrefixRLTrainer(GRPOTrainer):
+    """GRPOTrainer plus metrics split by prefixed / unprefixed groups, a FLOPs ledger and, for the
+    off-policy baselines only, a correct trace in place of one sample per group."""
+
+    def __init__(self, *args, flops_ledger: FlopsLedger, off_policy: OffPolicyTraces | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.flops_ledger = flops_ledger
+        self.flops_ledger, self.off_policy = flops_ledger, off_policy
         self.n_params = n_params(self.model)
+
+    # -- rollouts -------------------------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        self._batch_inputs = inputs  # read by _generate, which sees only the prompts
+        out = super()._generate_and_score_completions(inputs)
+        local = out["prompt_mask"].sum() + out["completion_mask"].sum()
+        tokens = int(self.accelerator.gather(local.reshape(1)).sum())
+        # rollouts read and write every token once (2ND); the update trains on all of them (6ND)
+        self.flops_ledger.add("rollouts", n_params=self.n_params, inference_tokens=tokens)
+        self.flops_ledger.add("updates", n_params=self.n_params, train_tokens=tokens)
+        if self.args.num_iterations > 1 or self.beta != 0:  # old-policy / reference forward passes
+            extra = tokens * (int(self.args.num_iterations > 1) + int(self.beta != 0))
+            self.flops_ledger.add("extra_forward", n_params=self.n_params, inference_tokens=extra)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["flops/total"].append(self.flops_ledger.total)
+        prefixed = torch.tensor([bool(x["prefixed"]) for x in inputs], device=out["advantages"].device)
+        out["is_prefixed"] = prefixed  # rides along through TRL's shuffle and split: the loss splits by it
+        lengths = out["completion_mask"].sum(1).float()
+        for name, mask in (("prefixed", prefixed), ("unprefixed", ~prefixed)):
+            gathered = self.accelerator.gather(torch.stack([lengths[mask].sum(), mask.sum().float()]).reshape(1, 2))
+            total, count = gathered.sum(0).tolist()
+            if count:
+                self._metrics[mode][f"continuation_length_{name}"].append(total / count)
+        if self.off_policy:
+            out.update(self._off_policy_columns(inputs, out["completion_ids"].shape[1]))
+        return out
+
+    def _generate(self, prompts):
+        result = super()._generate(prompts)
+        if not self.off_policy or not self.model.training:
+            return result
+        prompt_ids, completion_ids, tool_mask, completions, logprobs, *rest = result
+        for i in self._off_policy_rows(len(prompts)):
+            # the trace replaces the group's last sample: it is scored and baselined like the others
+            ids = self.off_policy.token_ids[self._batch_inputs[i]["problem_id"]]
+            completion_ids[i] = list(ids)
+            completions[i] = self.processing_class.decode(ids, skip_special_tokens=True)
+            if logprobs is not None:
+                logprobs[i] = list(self.off_policy.behaviour_logprobs[self._batch_inputs[i]["problem_id"]])
+        return (prompt_ids, completion_ids, tool_mask, completions, logprobs, *rest)
+
+    def _off_policy_rows(self, local_batch: int) -> list[int]:
+        """Local indices of each group's last sample, for problems that have a trace (groups are
+        consecutive in the global batch, which the processes share in order)."""
+        first = self.accelerator.process_index * local_batch
+        return [i for i in range(local_batch) if (first + i) % self.num_generations == self.num_generations - 1
+                and self._batch_inputs[i]["problem_id"] in self.off_policy.token_ids]
+
+    def _off_policy_columns(self, inputs, width: int) -> dict:
+        rows = self._off_policy_rows(len(inputs))
+        device = self.accelerator.device
+        off = torch.zeros(len(inputs), dtype=torch.bool, device=device)
+        behaviour = torch.zeros(len(inputs), width, device=device)
+        for i in rows:
+            logps = self.off_policy.behaviour_logprobs[inputs[i]["problem_id"]]
+            off[i] = True
+            behaviour[i, :len(logps)] = torch.tensor(logps, device=device)
+        return {"off_policy": off, "behaviour_logps": behaviour}
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -110,26 +174,82 @@ class PrefixRLTrainer(GRPOTrainer):
                 self._metrics[mode][f"zero_advantage_{name}"].append(zero_advantage[mask].float().mean().item())
         return rewards
 
-    def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
-        local = out["prompt_mask"].sum() + out["completion_mask"].sum()
-        tokens = int(self.accelerator.gather(local.reshape(1)).sum())
-        # rollouts read and write every token once (2ND); the update trains on all of them (6ND)
-        self.flops_ledger.add("rollouts", n_params=self.n_params, inference_tokens=tokens)
-        self.flops_ledger.add("updates", n_params=self.n_params, train_tokens=tokens)
-        if self.args.num_iterations > 1 or self.beta != 0:  # old-policy / reference forward passes
-            extra = tokens * (int(self.args.num_iterations > 1) + int(self.beta != 0))
-            self.flops_ledger.add("extra_forward", n_params=self.n_params, inference_tokens=extra)
+    # -- the update -----------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """One backward pass per part (prefixed rows, then unprefixed rows), so each part's gradient
+        norm is measured; together they cost what one pass over the batch costs, and their
+        gradients add up to the batch's. Multi-process runs (whose backward synchronises across
+        processes) and an entropy bonus (not a sum over rows) take TRL's single pass."""
+        parts = [(name, rows) for name, rows in _parts(inputs) if rows.any()]
+        if len(parts) < 2 or self.accelerator.num_processes > 1 or self._entropy_bonus_enabled:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        params = [p for p in model.parameters() if p.requires_grad]
+        total = torch.zeros((), device=self.accelerator.device)
+        for name, rows in parts:
+            earlier = [p.grad for p in params]  # set aside, so .grad holds this part's gradient alone
+            for p in params:
+                p.grad = None
+            loss = self._compute_loss(model, _select(inputs, rows)) * self._part_share(inputs, rows)
+            self.accelerator.backward(loss)
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+            self._metrics["train"][f"grad_norm_{name}"].append(norm.item())
+            for p, grad in zip(params, earlier):
+                if grad is not None:
+                    p.grad = grad if p.grad is None else p.grad + grad
+            total += loss.detach()
+        return total.requires_grad_()  # the gradient is in place: the Trainer's backward adds nothing
+
+    def _part_share(self, inputs, rows) -> float:
+        """A part's loss as a share of the batch's: TRL normalises per loss type, by rows or tokens."""
+        if self.loss_type == "bnpo":
+            mask = inputs["completion_mask"]
+            return (mask[rows].sum() / mask.sum().clamp(min=1)).item()
+        if self.loss_type in ("grpo", "dr_grpo", "luspo", "sapo"):
+            return rows.float().mean().item()
+        return 1.0  # dapo, cispo, vespo: already normalised by the whole batch's token count
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        self._last_forward = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        return self._last_forward
+
+    def _compute_loss(self, model, inputs):
+        off = inputs.get("off_policy")
+        if off is None or not off.any():
+            loss = super()._compute_loss(model, inputs)
+        else:  # TRL's objective on the policy's own samples, the method's weighted one on the traces
+            loss = super()._compute_loss(model, {**inputs, "advantages": inputs["advantages"] * ~off})
+            loss = loss + self._off_policy_loss(self._last_forward[0], inputs, off)
+        own = inputs["completion_mask"].bool()  # the policy's own tokens: not a trace's
+        if off is not None:
+            own = own & ~off[:, None]
+        entropies = self._last_forward[1]
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["flops/total"].append(self.flops_ledger.total)
-        lengths = out["completion_mask"].sum(1).float()
-        prefixed = torch.tensor([bool(x["prefixed"]) for x in inputs], device=lengths.device)
-        for name, mask in (("prefixed", prefixed), ("unprefixed", ~prefixed)):
-            gathered = self.accelerator.gather(torch.stack([lengths[mask].sum(), mask.sum().float()]).reshape(1, 2))
-            total, count = gathered.sum(0).tolist()
-            if count:
-                self._metrics[mode][f"continuation_length_{name}"].append(total / count)
-        return out
+        for name, rows in _parts(inputs):
+            tokens = own & rows[:, None]
+            if tokens.any():
+                self._metrics[mode][f"entropy_{name}"].append(entropies[tokens].mean().item())
+        return loss
+
+    def _off_policy_loss(self, logps, inputs, off):
+        """-A · w(pi) on each trace token, normalised like dr_grpo (sum / (rows x max length)).
+        is: w = min(pi/mu, c) (a constant) times log pi, so its gradient is the truncated importance
+        weight times grad log pi; luffy: w = pi / (pi + gamma), LUFFY's policy shaping with the
+        behaviour probability taken as 1 (it keeps low-probability tokens' gradients from vanishing
+        and high-probability ones' from dominating)."""
+        mask = inputs["completion_mask"] * off[:, None]
+        if self.off_policy.weight == "is":
+            ratio = (logps.detach() - inputs["behaviour_logps"]).exp()
+            if self.off_policy.is_truncation is not None:
+                ratio = ratio.clamp(max=self.off_policy.is_truncation)
+            surrogate = ratio * logps
+            self._metrics["train"]["importance_weight/mean"].append(ratio[mask.bool()].mean().item())
+            self._metrics["train"]["importance_weight/max"].append(ratio[mask.bool()].max().item())
+        else:
+            prob = logps.exp()
+            surrogate = prob / (prob + self.off_policy.luffy_gamma)
+        advantages = inputs["advantages"][:, None]
+        normaliser = logps.size(0) * self.max_completion_length * self.current_gradient_accumulation_steps
+        return -(advantages * surrogate * mask).sum() / normaliser
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -137,6 +257,18 @@ class PrefixRLTrainer(GRPOTrainer):
         checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
         if checkpoint.is_dir():
             FlopsLedger(checkpoint / "flops.json").merge(self.flops_ledger)
+
+
+def _parts(inputs) -> list[tuple[str, torch.Tensor]]:
+    prefixed = inputs["is_prefixed"] if "is_prefixed" in inputs else torch.zeros(
+        len(inputs["advantages"]), dtype=torch.bool, device=inputs["advantages"].device)
+    return [("prefixed", prefixed), ("unprefixed", ~prefixed)]
+
+
+def _select(inputs: dict, rows: torch.Tensor) -> dict:
+    """The batch's rows where `rows` is True (per-row tensors only; scalars pass through)."""
+    return {k: v[rows] if isinstance(v, torch.Tensor) and v.dim() and v.size(0) == rows.numel() else v
+            for k, v in inputs.items()}
 
 
 class MetricsLog(TrainerCallback):
@@ -150,14 +282,27 @@ class MetricsLog(TrainerCallback):
             self.log.append({"step": state.global_step, **logs})
 
 
+class FlopsBudget(TrainerCallback):
+    """Stops training once the ledger reaches the budget: compute-matched runs end at equal FLOPs."""
+
+    def __init__(self, ledger: FlopsLedger, budget: float):
+        self.ledger, self.budget = ledger, budget
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.ledger.total >= self.budget:
+            control.should_training_stop = True
+
+
 class UnprefixedEval(TrainerCallback):
-    """Unprefixed pass@1 on the hard training problems and held-out problems every `every` steps."""
+    """Every `every` steps, on unprefixed problems: pass@1 on the hard training problems and on
+    held-out ones, the share of each strategy marker in the answers, and the policy's mean NLL of
+    the training prefixes (does it come to imitate them?)."""
 
     def __init__(self, trainer_ref, task: Task, problem_sets: dict[str, list[Problem]], cfg: TrainConfig,
-                 out_dir: Path, ledger: FlopsLedger):
+                 out_dir: Path, ledger: FlopsLedger, prefix_rows: list[dict]):
         self.trainer_ref, self.task, self.problem_sets, self.cfg = trainer_ref, task, problem_sets, cfg
         self.log = AppendLog(out_dir / "eval.jsonl")
-        self.out_dir, self.ledger = out_dir, ledger
+        self.out_dir, self.ledger, self.prefix_rows = out_dir, ledger, prefix_rows
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.cfg.eval_every and state.global_step % self.cfg.eval_every == 0:
@@ -175,11 +320,26 @@ class UnprefixedEval(TrainerCallback):
         row = {"step": step, "flops": self.ledger.total}
         for name, problems in self.problem_sets.items():
             scores = score_problems(self.task, sampler, problems, self.cfg.eval_n,
-                                    self.out_dir / "evals" / f"step-{step}-{name}", seed=step, quiet=True)
-            row[f"eval/{name}/pass@1"] = sum(r["correct"] for r in scores) / sum(r["n"] for r in scores)
+                                    self.out_dir / "evals" / f"step-{step}-{name}", seed=self.cfg.seed * 100_003 + step,
+                                    quiet=True)
+            samples = sum(r["n"] for r in scores)
+            row[f"eval/{name}/pass@1"] = sum(r["correct"] for r in scores) / samples
+            for strategy in self.task.strategy_markers:
+                row[f"eval/{name}/strategy/{strategy}"] = sum(r["strategies"].get(strategy, 0) for r in scores) / samples
+        if self.prefix_rows:
+            row["eval/prefix_nll"] = self._prefix_nll(model, trainer.processing_class)
         model.train(was_training)
         self.log.append(row)
         return row
+
+    def _prefix_nll(self, model, tokenizer) -> float:
+        """Mean negative log-likelihood per prefix token, given the problem's prompt."""
+        total, count = 0.0, 0
+        for r in self.prefix_rows:
+            ids = tokenizer(r["prefix"], add_special_tokens=False)["input_ids"]
+            logprobs = sequence_logprobs(model, tokenizer, r["prompt"][:-len(r["prefix"])], ids)
+            total, count = total - sum(logprobs), count + len(logprobs)
+        return total / max(count, 1)
 
 
 def grpo_config(cfg: TrainConfig, out_dir: Path) -> GRPOConfig:
@@ -197,10 +357,12 @@ def grpo_config(cfg: TrainConfig, out_dir: Path) -> GRPOConfig:
 
 
 def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cfg: TrainConfig | None = None,
-          eval_problems: dict[str, list[Problem]] | None = None, prior_flops: FlopsLedger | None = None) -> Path:
+          eval_problems: dict[str, list[Problem]] | None = None, prior_flops: FlopsLedger | None = None,
+          off_policy: OffPolicyTraces | None = None) -> Path:
     """Train `model_path` on `rows` (prompt, problem_id, prefix, prefixed, ...) and save the result in
     out_dir/model. Resumes from the last checkpoint in out_dir. `prior_flops` (e.g. collection) is
-    charged to the run's ledger so curves start after it."""
+    charged to the run's ledger so curves start after it. `off_policy`: traces that join the
+    groups (the luffy and offpolicy-is baselines, see methods.py)."""
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
     if (out_dir / "model").is_dir() and (out_dir / "manifest.json").exists():
@@ -219,16 +381,20 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     if len(rows) < cfg.problems_per_step:  # a batch needs problems_per_step rows: repeat a small set
         rows = rows * -(-cfg.problems_per_step // len(rows))
     trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), args=grpo_config(cfg, out_dir),
-                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer, flops_ledger=ledger)
+                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer, flops_ledger=ledger,
+                              off_policy=off_policy)
     trainer.add_callback(MetricsLog(AppendLog(out_dir / "metrics.jsonl")))
     evaluator = None
     if eval_problems:
-        evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger)
+        prefix_rows = [r for r in rows if r["prefix"]][:32]  # a fixed sample: the NLL curve follows one set
+        evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, prefix_rows)
         trainer.add_callback(evaluator)
         evaluator.evaluate(0)
+    if cfg.budget_flops:
+        trainer.add_callback(FlopsBudget(ledger, cfg.budget_flops))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if evaluator and cfg.steps % max(cfg.eval_every, 1):
-        evaluator.evaluate(cfg.steps)
+    if evaluator:
+        evaluator.evaluate(trainer.state.global_step)  # the final policy (a no-op if just evaluated)
     trainer.save_model(str(out_dir / "model"))
     tokenizer.save_pretrained(out_dir / "model")
     write_manifest(out_dir, stage="train", config={"task": task.name, "model": model_path, **asdict(cfg)},

@@ -1,0 +1,127 @@
+"""Every method on one engine: PrefixRL, its ablations and the paper's baselines.
+
+    prefixrl train MODEL --task chain --data runs/prefixes/train.jsonl --traces runs/traces/traces.jsonl \
+        --method sft-rl --out runs/sft-rl
+
+All share `train.train` (TRL's GRPOTrainer with the same objective, batch and evaluation); they
+differ only in their training rows, a stage before RL, or the one sample per group that a trace
+replaces:
+
+| method | trains on |
+|---|---|
+| prefixrl | 3 prefixed : 1 unprefixed rows (the paper's mix) |
+| prefixrl-only | prefixed rows only (back-generalization) |
+| rl | unprefixed rows, 8 samples per problem |
+| rl-n64 | unprefixed rows, 64 samples per problem |
+| sft-rl | SFT on the traces (TRL SFTTrainer), then `rl` from the SFT model |
+| offpolicy-is | unprefixed groups whose last sample is the trace, weighted by pi/mu per token |
+| luffy | the same groups, the trace weighted by LUFFY's shaping pi/(pi + 0.1) |
+| hint | the prefix given in the user turn as a hint (BREAD-style), not as the answer's start |
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from prefixrl.flops import FlopsLedger
+from prefixrl.models import load_model, n_params, sequence_logprobs
+from prefixrl.prefixes import hint_rows, render_prompt
+from prefixrl.tasks import Problem, Task, problems_by_id
+from prefixrl.train import OffPolicyTraces, TrainConfig, train
+
+METHODS = {
+    "prefixrl": "3 prefixed : 1 unprefixed problems",
+    "prefixrl-only": "prefixed problems only",
+    "rl": "unprefixed problems, 8 samples each",
+    "rl-n64": "unprefixed problems, 64 samples each",
+    "sft-rl": "SFT on the traces, then rl",
+    "offpolicy-is": "the trace in each group, token-level importance weights",
+    "luffy": "the trace in each group, LUFFY's shaped weights",
+    "hint": "the prefix as a hint in the user turn",
+}
+USES_TRACES = {"sft-rl", "offpolicy-is", "luffy"}  # besides the rows cut from them
+TRACE_FREE = {"rl", "rl-n64"}  # never see a trace: not charged the collection FLOPs
+
+
+def select_rows(rows: list[dict], method: str, tokenizer=None, problems: dict[str, Problem] | None = None) -> list[dict]:
+    """The training rows a method uses: all methods read one data file (`prefixrl prefixes`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if method == "hint":
+        selected = hint_rows(tokenizer, rows, problems)
+    elif method == "prefixrl":
+        selected = rows
+    elif method == "prefixrl-only":
+        selected = [r for r in rows if r["prefixed"]]
+    else:
+        selected = [r for r in rows if not r["prefixed"]]
+    if not selected:
+        raise ValueError(f"method {method!r} found no rows to train on ({METHODS[method]})")
+    return selected
+
+
+def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_dir: str | Path,
+               cfg: TrainConfig | None = None, traces: list[dict] | None = None,
+               eval_problems: dict[str, list[Problem]] | None = None, prior_flops: FlopsLedger | None = None,
+               sft_cfg=None) -> Path:
+    """Train `method` from `model_path` into out_dir (resumable); returns the trained model's folder."""
+    cfg = cfg or TrainConfig()
+    out_dir = Path(out_dir)
+    problems = problems_by_id(task)
+    problems.update({p.id: p for ps in (eval_problems or {}).values() for p in ps})
+    if method in USES_TRACES and not traces:
+        raise ValueError(f"method {method!r} trains on the traces themselves: pass them (--traces traces.jsonl)")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)  # the hint rows need only the tokenizer
+    selected = select_rows(rows, method, tokenizer, problems)
+    if method == "rl-n64":
+        cfg = replace(cfg, num_generations=64)
+    if method == "sft-rl":
+        from prefixrl.sft import sft
+
+        model_path = str(sft(task, model_path, traces, problems, out_dir / "sft", sft_cfg, prior_flops))
+        prior_flops = FlopsLedger(out_dir / "sft" / "flops.json")
+    off_policy = None
+    if method in ("offpolicy-is", "luffy"):
+        wanted = {r["problem_id"] for r in selected}
+        ledger = FlopsLedger()
+        if prior_flops:
+            ledger.merge(prior_flops)
+        prior_flops = ledger
+        off_policy = off_policy_traces(model_path, [t for t in traces if t["problem_id"] in wanted], problems,
+                                       "is" if method == "offpolicy-is" else "luffy", cfg, prior_flops)
+    return train(task, model_path, selected, out_dir, cfg, eval_problems=eval_problems, prior_flops=prior_flops,
+                 off_policy=off_policy)
+
+
+def off_policy_traces(model_path: str, traces: list[dict], problems: dict[str, Problem], weight: str,
+                      cfg: TrainConfig, ledger: FlopsLedger) -> OffPolicyTraces:
+    """One trace per problem (its first), in the policy's tokens with <eos>, and the behaviour
+    policy's log-probs of its tokens: those recorded at collection when the policy tokenizes the
+    trace exactly as the sampler did; otherwise (imported traces, another tokenizer) the starting
+    policy's own log-probs stand in for the unknown behaviour policy, at the charge of one
+    forward pass (then pi/mu starts at 1, as if the policy had sampled the trace)."""
+    model, tokenizer = load_model(model_path, device="cpu")
+    token_ids, logprobs = {}, {}
+    for trace in traces:
+        pid = trace["problem_id"]
+        if pid in token_ids:
+            continue
+        ids = tokenizer(trace["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(ids) > cfg.max_completion_length:
+            raise ValueError(f"the trace for problem {pid!r} has {len(ids)} tokens, more than "
+                             f"max_completion_length={cfg.max_completion_length}: raise it, or drop the trace")
+        recorded = trace.get("logprobs")
+        if recorded and list(trace.get("token_ids") or []) == ids and len(recorded) == len(ids):
+            logprobs[pid] = list(recorded)
+        else:
+            prompt = render_prompt(tokenizer, problems[pid].prompt, "")
+            logprobs[pid] = sequence_logprobs(model, tokenizer, prompt, ids)
+            ledger.add("behaviour_forward", n_params=n_params(model),
+                       inference_tokens=len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + len(ids))
+        token_ids[pid] = ids
+    return OffPolicyTraces(weight=weight, token_ids=token_ids, behaviour_logprobs=logprobs,
+                           is_truncation=cfg.is_truncation, luffy_gamma=cfg.luffy_gamma)
+

@@ -1,0 +1,94 @@
+"""The data stages in one go, shared by the demo and experiments: screen -> collect -> prefixes.
+
+Each stage writes its own folder under the run folder and resumes from it, so a killed run
+continues where it stopped. Configs are YAML files read into nested dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import SimpleNamespace
+
+import yaml
+from rich.console import Console
+
+from prefixrl.files import InputError, write_jsonl
+from prefixrl.flops import FlopsLedger
+from prefixrl.generate import SamplingParams, make_sampler
+from prefixrl.models import resolve_model
+from prefixrl.prefixes import PrefixConfig, prefixed_problems
+from prefixrl.screen import screen
+from prefixrl.tasks import load_problems, load_task
+from prefixrl.traces import CollectConfig, collect
+
+
+@dataclass
+class ScreenConfig:
+    problems: str = "train"  # split name or JSONL of problems
+    n: int = 128  # samples per problem
+    k: int = 128  # hard = pass@k == 0
+    limit: int | None = None  # screen only the first `limit` problems
+
+
+@dataclass
+class PipelineConfig:
+    task: str = "chain"
+    model: str = "builtin:chain"  # a model folder, or builtin:TASK for the shipped base model
+    seed: int = 0  # of the data stages (screening, collection, cut points)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    prefixes: PrefixConfig = field(default_factory=PrefixConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: no such config file")
+        return build_config(cls, yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+def build_config(cls, raw: dict, where: str):
+    """A dataclass from a dict, nested dataclasses included; unknown keys are errors."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise InputError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+    kwargs = {}
+    for name, value in raw.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else None
+        is_nested = hasattr(default, "__dataclass_fields__")
+        kwargs[name] = build_config(type(default), value, f"{where}: {name}") if is_nested else value
+    return cls(**kwargs)
+
+
+def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool = False) -> SimpleNamespace:
+    """Screen for hard problems, collect a trace for each, cut prefixes; returns what later stages
+    need (task, model_path, sampler, screened, hard, traces, solved, rows, collect_flops)."""
+    task = load_task(cfg.task)
+    model_path = resolve_model(cfg.model)
+    sampler = make_sampler("hf", model_path, cfg.sampling)
+    console.print(f"task {task.name}, model {cfg.model} ({sampler.n_params / 1e6:.2f} M parameters), "
+                  f"run folder {out}")
+
+    console.rule("screen: which problems are hard for the base model?")
+    screened = load_problems(task, cfg.screen.problems)[:cfg.screen.limit]
+    hard = screen(task, sampler, screened, out / "screen", n=cfg.screen.n, k=cfg.screen.k, seed=cfg.seed, quiet=quiet)
+    console.print(f"{len(hard)} of {len(screened)} problems have pass@{cfg.screen.k} = 0")
+
+    console.rule("collect: rejection-sample a correct trace for each hard problem")
+    traces = collect(task, sampler, hard, out / "traces", cfg.collect, source=cfg.model, quiet=quiet)
+    if not traces:
+        raise ValueError("rejection sampling found no correct trace: raise collect.max_attempts or screen more problems")
+    solved = [p for p in hard if p.id in {t["problem_id"] for t in traces}]
+    console.print(f"traces for {len(solved)} of {len(hard)} hard problems")
+
+    console.rule("prefixes: cut correct traces, mix with unprefixed problems")
+    rows = prefixed_problems(sampler.tokenizer, traces, {p.id: p for p in hard}, cfg.prefixes)
+    write_jsonl(out / "prefixes" / "train.jsonl", rows)
+    return SimpleNamespace(task=task, model_path=model_path, sampler=sampler, screened=screened, hard=hard,
+                           traces=traces, solved=solved, rows=rows,
+                           collect_flops=FlopsLedger(out / "traces" / "flops.json"))
