@@ -5,12 +5,15 @@ Figures are PNGs drawn with matplotlib (Agg backend: no display needed).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from prefixrl.files import atomic_write_text  # noqa: E402
 
 
 def plot_reward_vs_flops(curves: dict[str, list[dict]], path: str | Path, marker_flops: float | None = None,
@@ -64,3 +67,195 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# -- the experiment's report -------------------------------------------------------------------
+
+SPLITS = {"hard": "hard training problems (the paper's measure)", "heldout": "held-out hard problems"}
+
+
+def load_runs(run_dirs: dict[str, list[Path]]) -> dict[str, list[dict]]:
+    """Per method, per seed: the run's evaluations and step metrics."""
+    from prefixrl.files import read_jsonl
+
+    return {method: [{"eval": read_jsonl(d / "eval.jsonl"), "metrics": [r for r in read_jsonl(d / "metrics.jsonl")
+                                                                        if "flops/total" in r]} for d in dirs]
+            for method, dirs in run_dirs.items()}
+
+
+def eval_curves(runs: list[dict], key: str) -> list[list[tuple[float, float]]]:
+    return [[(r["flops"], r[key]) for r in run["eval"] if key in r] for run in runs]
+
+
+def metric_curves(runs: list[dict], key: str) -> list[list[tuple[float, float]]]:
+    return [[(r["flops/total"], r[key]) for r in run["metrics"] if key in r] for run in runs]
+
+
+def headline(runs: dict[str, list[dict]], method: str, grid) -> dict:
+    """Per split: each method's final value, and the method's speedup and final-reward ratio against
+    every other method, with 90% intervals over seeds."""
+    from prefixrl import analysis
+
+    result = {}
+    for split in SPLITS:
+        curves = {m: eval_curves(r, f"eval/{split}/pass@1") for m, r in runs.items()}
+        finals = {m: analysis.final_values(c) for m, c in curves.items()}
+        rows = {}
+        for baseline in (m for m in runs if m != method):
+            rows[baseline] = {
+                "speedup": analysis.speedup(curves[method], curves[baseline], grid),
+                "speedup_ci": analysis.bootstrap(lambda a, b: analysis.speedup(a, b, grid), curves[method],
+                                                 curves[baseline]),
+                "final_ratio": analysis.final_ratio(curves[method], curves[baseline]),
+                "final_ratio_ci": analysis.bootstrap(analysis.final_ratio, curves[method], curves[baseline]),
+            }
+        result[split] = {"final": {m: {"mean": float(v.mean()), "std": float(v.std())} for m, v in finals.items()},
+                         "against": rows}
+    return result
+
+
+def plot_seed_bands(series: dict[str, list[list[tuple[float, float]]]], path: str | Path, ylabel: str, title: str,
+                    marker_flops: float | None = None, log_y: bool = False, ax=None) -> Path | None:
+    """Per method: the seed mean against FLOPs (a line) and the seeds' range (a band)."""
+    import numpy as np
+
+    from prefixrl.analysis import on_grid
+
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6, 4))
+    end = max((run[-1][0] for runs in series.values() for run in runs if run), default=1.0)
+    grid = np.linspace(0, end, 300)
+    for method, runs in series.items():
+        runs = [run for run in runs if run]
+        if not runs:
+            continue
+        values = np.stack([on_grid(run, grid) for run in runs])
+        line, = ax.plot(grid, values.mean(0), label=f"{method} (n={len(runs)})")
+        ax.fill_between(grid, values.min(0), values.max(0), color=line.get_color(), alpha=0.15, linewidth=0)
+    if marker_flops:
+        ax.axvline(marker_flops, color="grey", linestyle=":", linewidth=1, label="traces collected")
+    ax.set_xlabel("FLOPs (2·N·D inference + 6·N·D training)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path) if own else None
+
+
+def plot_curves(runs: dict[str, list[dict]], path: Path, marker_flops: float) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (split, title) in zip(axes, SPLITS.items()):
+        plot_seed_bands({m: eval_curves(r, f"eval/{split}/pass@1") for m, r in runs.items()}, path,
+                        "unprefixed pass@1", title, marker_flops, ax=ax)
+    return _save(fig, path)
+
+
+def plot_back_generalization(runs: dict[str, list[dict]], markers: list[str], trace_shares: dict[str, float],
+                             path: Path) -> Path:
+    """Left: each strategy marker's share in unprefixed answers over training, with its share in
+    the traces (dotted). Right: the policy's NLL of the training prefixes."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    series = {f"{m}: {s}": eval_curves(r, f"eval/hard/strategy/{s}") for m, r in runs.items()
+              if m.startswith("prefixrl") for s in markers}
+    plot_seed_bands(series, path, "share of unprefixed answers", "strategy markers (hard problems)", ax=axes[0])
+    for strategy, share in trace_shares.items():
+        axes[0].axhline(share, linestyle=":", linewidth=1, color="black", label=f"traces: {strategy}")
+    axes[0].legend(fontsize=7)
+    plot_seed_bands({m: eval_curves(r, "eval/prefix_nll") for m, r in runs.items()}, path,
+                    "NLL per prefix token", "the policy's NLL of the prefixes", ax=axes[1])
+    return _save(fig, path)
+
+
+def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[float, float]],
+                            run_dirs: dict[str, list[Path]]) -> dict:
+    import numpy as np
+
+    from prefixrl.claims import judge_claims
+    from prefixrl.tasks import strategy_of
+
+    out, folder = Path(out), Path(out) / "report"
+    runs = load_runs(run_dirs)
+    method = "prefixrl" if "prefixrl" in runs else next((m for m in runs if m.startswith("prefixrl")), None)
+    # every evaluation's FLOPs: the seed-mean curves change only there, so the speedup is exact
+    grid = np.array(sorted({r["flops"] for rs in runs.values() for run in rs for r in run["eval"]}))
+    numbers = headline(runs, method, grid) if method else {}
+    collect_flops = data.collect_flops.total
+    plot_curves(runs, folder / "curves.png", collect_flops)
+    plot_seed_bands({m: metric_curves(r, "entropy") for m, r in runs.items()}, folder / "entropy.png",
+                    "token entropy (nats)", "token entropy of the policy's samples", collect_flops)
+    plot_seed_bands({m: metric_curves(r, "grad_norm") for m, r in runs.items()}, folder / "grad_norm.png",
+                    "gradient norm (before clipping)", "gradient norm", collect_flops, log_y=True)
+    plot_success_vs_prefix(calibration, folder / "success_vs_prefix.png")
+    markers = list(data.task.strategy_markers)
+    trace_shares = {s: float(np.mean([strategy_of(data.task, t["completion"]) == s for t in data.traces]))
+                    for s in markers}
+    if markers:
+        plot_back_generalization(runs, markers, trace_shares, folder / "back_generalization.png")
+    claims = judge_claims(runs, numbers, calibration, method)
+    summary = {"method": method, "headline": numbers, "claims": claims, "calibration": calibration,
+               "trace_strategy_shares": trace_shares, "collect_flops": collect_flops,
+               "total_flops": _total_flops(out, runs, collect_flops),
+               "runs": {m: [{"final_flops": run["eval"][-1]["flops"], "steps": run["eval"][-1]["step"]} for run in r]
+                        for m, r in runs.items()}}
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(folder / "README.md", _experiment_markdown(cfg, data, summary, bool(markers)))
+    return summary
+
+
+def _total_flops(out: Path, runs: dict[str, list[dict]], collect_flops: float) -> float:
+    """Everything the experiment spent: screening and collection once, then each run's own FLOPs
+    (its ledger minus the collection FLOPs it was charged)."""
+    from prefixrl.flops import FlopsLedger
+    from prefixrl.methods import TRACE_FREE
+
+    screen = FlopsLedger(out / "screen" / "flops.json").total
+    runs_own = sum(run["eval"][-1]["flops"] - (0 if m in TRACE_FREE else collect_flops)
+                   for m, rs in runs.items() for run in rs)
+    return float(screen + collect_flops + runs_own)
+
+
+def _interval(ci) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
+
+
+def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
+    method, numbers = summary["method"], summary["headline"]
+    n_params = data.sampler.n_params
+    parts = [
+        f"# prefixrl experiment: {data.task.name}",
+        "## Setup",
+        f"Base model `{cfg.model}` ({n_params / 1e6:.2f} M parameters). Screened {len(data.screened)} problems "
+        f"(n = {cfg.screen.n}); {len(data.hard)} had pass@{cfg.screen.k} = 0; rejection sampling (cap "
+        f"{cfg.collect.max_attempts}) found traces for {len(data.solved)}, spending {summary['collect_flops']:.3g} FLOPs "
+        f"(charged to every method that uses the traces). Methods {', '.join(cfg.methods)}; seeds {cfg.seeds}; every "
+        f"run stopped at {cfg.budget_flops:.3g} FLOPs. RL: {cfg.train.problems_per_step} problems x "
+        f"{cfg.train.num_generations} samples per step, lr {cfg.train.lr}, loss {cfg.train.loss_type}; unprefixed "
+        f"evaluation every {cfg.train.eval_every} steps, {cfg.train.eval_n} samples per problem at temperature "
+        f"{cfg.train.eval_temperature}. Total compute: {summary['total_flops']:.3g} FLOPs.",
+    ]
+    if method:
+        parts.append(f"## Headline: `{method}` against each baseline")
+        for split, title in SPLITS.items():
+            rows = [[b, f"{numbers[split]['final'][b]['mean']:.3f} ± {numbers[split]['final'][b]['std']:.3f}",
+                     "not reached" if r["speedup"] is None else f"{r['speedup']:.2f}x", _interval(r["speedup_ci"]),
+                     f"{r['final_ratio']:.2f}x", _interval(r["final_ratio_ci"])]
+                    for b, r in numbers[split]["against"].items()]
+            ours = numbers[split]["final"][method]
+            parts += [f"**{title}** ({method} final pass@1 {ours['mean']:.3f} ± {ours['std']:.3f}):",
+                      markdown_table(["baseline", "its final pass@1", "speedup", "90% interval", "final ratio",
+                                      "90% interval"], rows)]
+        parts.append("Speedup: FLOPs the baseline needs to reach its final pass@1 / FLOPs the method needs to reach "
+                     "it (seed means). Final ratio: the method's final pass@1 / the baseline's. Intervals resample "
+                     "seeds. Held-out problems were never prefixed, so memorising traces cannot help there.")
+    parts += ["## Claims of the paper", markdown_table(["claim", "status", "evidence"],
+                                                         [[c["claim"], c["status"], c["evidence"]]
+                                                          for c in summary["claims"]])]
+    parts += ["## Curves", "![pass@1 vs FLOPs](curves.png)", "## Diagnostics",
+              "![token entropy](entropy.png)", "![gradient norm](grad_norm.png)",
+              "![success vs prefix fraction](success_vs_prefix.png)"]
+    if has_markers:
+        parts.append("![back-generalization](back_generalization.png)")
+    return "\n\n".join(parts) + "\n"

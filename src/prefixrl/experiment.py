@@ -1,0 +1,93 @@
+"""The compute-matched experiment: methods x seeds on the same data, stopped at the same FLOPs.
+
+    prefixrl experiment configs/benchmark.yaml --out runs/benchmark
+
+screen -> collect -> prefixes once (shared), then every (method, seed) run from the same base
+model with the same settings, each stopped when its ledger reaches `budget_flops`. Methods that
+use the traces are charged the collection FLOPs (and sft-rl its SFT), so their curves start
+later. Then the report: curves against FLOPs, the headline speedup and final-reward ratios with
+intervals over seeds, diagnostics, and each claim of the paper marked. A killed experiment
+resumes: finished runs are skipped, an unfinished one continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from rich.console import Console
+
+from prefixrl.files import atomic_write_text
+from prefixrl.generate import SamplingParams, make_sampler
+from prefixrl.methods import METHODS, TRACE_FREE, run_method
+from prefixrl.pipeline import PipelineConfig, prepare_data
+from prefixrl.prefixes import calibrate, success_curve
+from prefixrl.report import write_experiment_report
+from prefixrl.runinfo import write_manifest
+from prefixrl.sft import SFTStageConfig
+from prefixrl.train import TrainConfig
+
+
+@dataclass
+class ExperimentConfig(PipelineConfig):
+    methods: list[str] = field(default_factory=lambda: ["prefixrl", "sft-rl", "rl"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    budget_flops: float = 1e14  # every run stops here (charged collection / SFT FLOPs included)
+    heldout: int | None = None  # held-out problems evaluated (default: as many as have traces)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=100_000))  # steps: a cap only
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    calibration_traces: int = 8  # success vs prefix fraction, base vs each method's seed-0 policy
+    calibration_n: int = 32
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
+        if not self.seeds:
+            raise ValueError("an experiment needs at least one seed")
+        self.budget_flops = float(self.budget_flops)  # YAML reads 1e14 as a string
+
+
+def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False,
+                   console: Console | None = None) -> dict:
+    console = console or Console()
+    cfg = ExperimentConfig.from_yaml(config_path)
+    out = Path(out)
+    start = time.time()
+    atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+    console.print(f"[bold]prefixrl experiment[/bold]: {', '.join(cfg.methods)} x seeds {cfg.seeds}, "
+                  f"{cfg.budget_flops:.3g} FLOPs per run")
+    data = prepare_data(cfg, out, console, quiet)
+    evals = {"hard": data.solved, "heldout": data.task.problems("heldout")[:cfg.heldout or len(data.solved)]}
+
+    runs = [(method, seed) for method in cfg.methods for seed in cfg.seeds]
+    for index, (method, seed) in enumerate(runs, 1):
+        console.rule(f"run {index}/{len(runs)}: {method}, seed {seed}")
+        run_method(method, data.task, data.model_path, data.rows, run_dir(out, method, seed),
+                   replace(cfg.train, seed=seed, budget_flops=cfg.budget_flops), traces=data.traces,
+                   eval_problems=evals, prior_flops=None if method in TRACE_FREE else data.collect_flops,
+                   sft_cfg=replace(cfg.sft, seed=seed))
+
+    console.rule("success vs prefix fraction: base vs trained")
+    curves = {}
+    by_id = {p.id: p for p in data.hard}
+    for name, path in [("base", data.model_path)] + [(m, run_dir(out, m, cfg.seeds[0]) / "model") for m in cfg.methods]:
+        sampler = make_sampler("hf", str(path), SamplingParams(temperature=1.0, batch_size=cfg.sampling.batch_size,
+                                                               max_new_tokens=cfg.sampling.max_new_tokens))
+        curves[name] = success_curve(calibrate(data.task, sampler, sampler.tokenizer,
+                                               data.traces[:cfg.calibration_traces], by_id,
+                                               out / "calibration" / name, n=cfg.calibration_n, seed=cfg.seed,
+                                               quiet=quiet))
+
+    run_dirs = {m: [run_dir(out, m, seed) for seed in cfg.seeds] for m in cfg.methods}
+    summary = write_experiment_report(out, cfg, data, curves, run_dirs)
+    write_manifest(out, stage="experiment", config=asdict(cfg), seed=cfg.seed, flops=summary["total_flops"],
+                   wall_time_s=time.time() - start, extra={"headline": summary["headline"]})
+    console.print(f"report: {out / 'report' / 'README.md'}")
+    return summary
+
+
+def run_dir(out: Path, method: str, seed: int) -> Path:
+    return Path(out) / "runs" / method / f"seed-{seed}"

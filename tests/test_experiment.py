@@ -1,0 +1,115 @@
+"""A small compute-matched experiment end to end on the shipped chain model: every run stops at
+the FLOPs budget, the report's numbers match the runs' own logs, and a killed experiment resumes."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from prefixrl.experiment import run_experiment
+from prefixrl.files import read_jsonl
+
+torch.set_num_threads(1)
+BUDGET, STEPS = 2.4e10, 6
+CONFIG = f"""
+task: chain
+model: builtin:chain
+sampling: {{temperature: 1.0, max_new_tokens: 96, batch_size: 256}}
+screen: {{problems: easy, limit: 6, n: 4, k: 4}}     # easy problems: traces in a few dozen attempts
+collect: {{max_attempts: 256, attempts_per_round: 64}}
+methods: [prefixrl, rl, sft-rl]
+seeds: [0, 1]
+budget_flops: {BUDGET}
+train: {{steps: {STEPS}, problems_per_step: 4, num_generations: 4, max_completion_length: 96, eval_every: 2,
+         eval_n: 4, save_every: 100}}
+sft: {{epochs: 1}}
+calibration_traces: 2
+calibration_n: 4
+"""
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("experiment")
+    (folder / "config.yaml").write_text(CONFIG)
+    summary = run_experiment(folder / "config.yaml", folder / "out", quiet=True)
+    return folder, summary
+
+
+def evals(out, method, seed):
+    return read_jsonl(out / "runs" / method / f"seed-{seed}" / "eval.jsonl")
+
+
+def test_runs_are_compute_matched(experiment):
+    folder, _ = experiment
+    out = folder / "out"
+    collect = json.loads((out / "traces" / "flops.json").read_text())["total"]
+    for method in ("prefixrl", "rl", "sft-rl"):
+        for seed in (0, 1):
+            curve = evals(out, method, seed)
+            start = curve[0]["flops"]
+            if method == "rl":
+                assert start == 0  # never sees a trace: not charged for collecting them
+            elif method == "prefixrl":
+                assert start == collect
+            else:
+                assert start > collect  # collection, then SFT on the traces
+            steps = [r for r in read_jsonl(out / "runs" / method / f"seed-{seed}" / "metrics.jsonl") if "loss" in r]
+            assert all(r["flops/total"] < BUDGET for r in steps[:-1])  # it ran until the budget ...
+            assert steps[-1]["flops/total"] >= BUDGET or len(steps) == STEPS  # ... or the step cap
+            assert curve[-1]["step"] == len(steps) and curve[-1]["flops"] == steps[-1]["flops/total"]
+    # trace methods spend part of the budget on collection: fewer RL steps than plain RL
+    assert len(evals(out, "prefixrl", 0)) < len(evals(out, "rl", 0)) or evals(out, "rl", 0)[-1]["step"] == STEPS
+
+
+def _mean_reach(runs, target):
+    """First FLOPs at which the seed mean (each seed holding its last evaluation) reaches target."""
+    for x in sorted({f for run in runs for f, _ in run}):
+        held = [[v for f, v in run if f <= x] for run in runs]
+        if all(held) and sum(h[-1] for h in held) / len(held) >= target:
+            return x
+    return None
+
+
+def test_report_numbers_match_the_logs(experiment):
+    folder, summary = experiment
+    out = folder / "out"
+    assert json.loads((out / "report" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    for split in ("hard", "heldout"):
+        key = f"eval/{split}/pass@1"
+        curves = {m: [[(r["flops"], r[key]) for r in evals(out, m, s)] for s in (0, 1)] for m in ("prefixrl", "rl", "sft-rl")}
+        finals = {m: sum(c[-1][1] for c in runs) / 2 for m, runs in curves.items()}
+        numbers = summary["headline"][split]
+        for method, value in finals.items():
+            assert numbers["final"][method]["mean"] == pytest.approx(value)
+        for baseline in ("rl", "sft-rl"):
+            row = numbers["against"][baseline]
+            if finals[baseline] > 0:
+                assert row["final_ratio"] == pytest.approx(finals["prefixrl"] / finals[baseline])
+                spent = _mean_reach(curves[baseline], finals[baseline])
+                ours = _mean_reach(curves["prefixrl"], finals[baseline])
+                assert row["speedup"] == (None if ours is None else pytest.approx(spent / ours))
+            else:
+                assert row["speedup"] is None and row["final_ratio"] == float("inf")
+    text = (out / "report" / "README.md").read_text()
+    assert f"{summary['headline']['hard']['final']['prefixrl']['mean']:.3f}" in text
+    assert all(c["claim"] in text and c["status"] in text for c in summary["claims"])
+    for figure in ("curves", "entropy", "grad_norm", "success_vs_prefix", "back_generalization"):
+        assert (out / "report" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["flops"] == summary["total_flops"] > BUDGET and manifest["versions"]["torch"]
+
+
+def test_a_killed_experiment_resumes_with_the_same_numbers(experiment, tmp_path):
+    folder, summary = experiment
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out", out)
+    killed = out / "runs" / "sft-rl" / "seed-1"  # killed during its RL: logs, no model
+    shutil.rmtree(killed / "model")
+    (killed / "manifest.json").unlink()
+    shutil.rmtree(out / "report")
+    before = {m: evals(out, m, 0) for m in ("prefixrl", "rl")}
+    resumed = run_experiment(folder / "config.yaml", out, quiet=True)
+    assert {m: evals(out, m, 0) for m in ("prefixrl", "rl")} == before  # finished runs untouched
+    assert resumed["headline"] == summary["headline"]  # the redone run: same seed, same numbers
