@@ -263,4 +263,6 @@ def test_adaptive_policy_needs_a_calibration(sort_task):
     calibration = [{"trace": 0, "points": [{"fraction": 0.5, "n": 4, "correct": 2}]}]
     rows = prefixed_problems(char_tokenizer(), [trace], {problem.id: problem}, PrefixConfig(policy="adaptive"),
                              calibration=calibration)
-    assert [r["prefix_fraction"] for r in rows if r["prefixed"]] == [pytest.approx(0.5, abs=0.02)]
+    # the chosen cut fills every prefixed slot: the 3:1 mix stays
+    assert [r["prefix_fraction"] for r in rows if r["prefixed"]] == [pytest.approx(0.5, abs=0.02)] * 3
+    assert len([r for r in rows if not r["prefixed"]]) == 1

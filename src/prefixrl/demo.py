@@ -63,7 +63,7 @@ def run_demo(config_path: str | Path, out: str | Path, quiet: bool = False, cons
     console.rule(f"train: {cfg.method}")
     evals = {"hard": solved, "heldout": task.problems("heldout")[:len(solved)]}
     trained = run_method(cfg.method, task, model_path, data.rows, out / "train", cfg.train, traces=traces,
-                         eval_problems=evals, prior_flops=data.collect_flops)
+                         eval_problems=evals, prior_flops=data.collect_flops, prefix_cfg=cfg.prefixes)
 
     console.rule("evaluate: unprefixed pass@k, base vs trained")
     results = {}

@@ -17,6 +17,7 @@ replaces:
 | offpolicy-is | unprefixed groups whose last sample is the trace, weighted by pi/mu per token |
 | luffy | the same groups, the trace weighted by LUFFY's shaping pi/(pi + 0.1) |
 | hint | the prefix given in the user turn as a hint (BREAD-style), not as the answer's start |
+| prefixrl-adaptive | prefixrl with prefixes re-chosen from the policy's measured success (adaptive.py) |
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from transformers import AutoTokenizer
 
 from prefixrl.flops import FlopsLedger
 from prefixrl.models import load_model, n_params, sequence_logprobs
-from prefixrl.prefixes import hint_rows, render_prompt
+from prefixrl.adaptive import AdaptiveConfig, AdaptivePrefixes
+from prefixrl.prefixes import PrefixConfig, hint_rows, render_prompt
 from prefixrl.tasks import Problem, Task, problems_by_id
 from prefixrl.train import OffPolicyTraces, TrainConfig, train
 
@@ -41,8 +43,9 @@ METHODS = {
     "offpolicy-is": "the trace in each group, token-level importance weights",
     "luffy": "the trace in each group, LUFFY's shaped weights",
     "hint": "the prefix as a hint in the user turn",
+    "prefixrl-adaptive": "prefixrl, prefixes re-chosen as the policy improves, a growing trace pool",
 }
-USES_TRACES = {"sft-rl", "offpolicy-is", "luffy"}  # besides the rows cut from them
+USES_TRACES = {"sft-rl", "offpolicy-is", "luffy", "prefixrl-adaptive"}  # besides the rows cut from them
 TRACE_FREE = {"rl", "rl-n64"}  # never see a trace: not charged the collection FLOPs
 
 
@@ -52,7 +55,7 @@ def select_rows(rows: list[dict], method: str, tokenizer=None, problems: dict[st
         raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if method == "hint":
         selected = hint_rows(tokenizer, rows, problems)
-    elif method == "prefixrl":
+    elif method in ("prefixrl", "prefixrl-adaptive"):
         selected = rows
     elif method == "prefixrl-only":
         selected = [r for r in rows if r["prefixed"]]
@@ -66,7 +69,8 @@ def select_rows(rows: list[dict], method: str, tokenizer=None, problems: dict[st
 def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_dir: str | Path,
                cfg: TrainConfig | None = None, traces: list[dict] | None = None,
                eval_problems: dict[str, list[Problem]] | None = None, prior_flops: FlopsLedger | None = None,
-               sft_cfg=None) -> Path:
+               sft_cfg=None, prefix_cfg: PrefixConfig | None = None, adaptive_cfg: AdaptiveConfig | None = None
+               ) -> Path:
     """Train `method` from `model_path` into out_dir (resumable); returns the trained model's folder."""
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
@@ -92,8 +96,14 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
         prior_flops = ledger
         off_policy = off_policy_traces(model_path, [t for t in traces if t["problem_id"] in wanted], problems,
                                        "is" if method == "offpolicy-is" else "luffy", cfg, prior_flops)
+    adaptive = None
+    if method == "prefixrl-adaptive":
+        wanted = {r["problem_id"] for r in selected}
+        adaptive = AdaptivePrefixes(task, problems, [t for t in traces if t["problem_id"] in wanted],
+                                    prefix_cfg or PrefixConfig(), adaptive_cfg or AdaptiveConfig(), out_dir,
+                                    cfg.max_completion_length)
     return train(task, model_path, selected, out_dir, cfg, eval_problems=eval_problems, prior_flops=prior_flops,
-                 off_policy=off_policy)
+                 off_policy=off_policy, adaptive=adaptive)
 
 
 def off_policy_traces(model_path: str, traces: list[dict], problems: dict[str, Problem], weight: str,

@@ -140,7 +140,7 @@ def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem
         if cfg.policy == "adaptive":
             if index not in fractions:
                 continue  # not calibrated: no prefix for this trace
-            points = [round(fractions[index] * len(offsets))]
+            points = [round(fractions[index] * len(offsets))] * cfg.cuts_per_trace  # keeps the mix's ratio
         else:
             points = cut_points(cfg, text, offsets, rng)
         for h in points:
@@ -191,7 +191,8 @@ def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], probl
             rows = []
             for fraction, (prefix, h), group in zip(fractions, cuts, samples):
                 correct = sum(task.verify(problem, prefix + s.text).reward > 0 for s in group)
-                rows.append({"fraction": fraction, "prefix_tokens": h, "n": n, "correct": correct})
+                rows.append({"fraction": fraction, "prefix_tokens": h, "n": n, "correct": correct,
+                             "tokens": sum(s.tokens for s in group)})  # read + generated: its FLOPs
             log.append({"trace": index, "problem_id": problem.id, "points": rows})
             bar.update(bar_id, advance=1)
     return log.rows

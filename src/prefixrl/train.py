@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from transformers import TrainerCallback, set_seed
+from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
 from prefixrl.evaluate import score_problems
@@ -53,6 +53,7 @@ class TrainConfig:
     save_every: int = 50  # steps between checkpoints (a killed run resumes from the last)
     budget_flops: float | None = None  # stop once the run's ledger (charged prior stages included) reaches it
     report_to: str = "none"  # any of TRL's: tensorboard, trackio, wandb
+    progress_bar: bool = True  # TRL's step bar (off in experiment workers, which share one terminal)
     is_truncation: float | None = None  # offpolicy-is: cap on the importance weight pi/mu (None: none)
     luffy_gamma: float = 0.1  # luffy: the shaping constant in pi / (pi + gamma)
     seed: int = 0
@@ -102,9 +103,13 @@ class PrefixRLTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.flops_ledger, self.off_policy = flops_ledger, off_policy
         self.n_params = n_params(self.model)
+        self.live_rows: list[dict] | None = None  # rows that change during training, by their "slot"
+        self.trace_pool = None  # where correct unprefixed answers go (prefixrl-adaptive)
 
     # -- rollouts -------------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
+        if self.live_rows is not None:  # the current prompt and prefix of each row's slot
+            inputs = [{**x, **self.live_rows[x["slot"]]} for x in inputs]
         self._batch_inputs = inputs  # read by _generate, which sees only the prompts
         out = super()._generate_and_score_completions(inputs)
         local = out["prompt_mask"].sum() + out["completion_mask"].sum()
@@ -172,6 +177,11 @@ class PrefixRLTrainer(GRPOTrainer):
             if mask.any():
                 self._metrics[mode][f"reward_{name}"].append(groups[mask].mean().item())
                 self._metrics[mode][f"zero_advantage_{name}"].append(zero_advantage[mask].float().mean().item())
+        if self.trace_pool is not None:  # this process's own correct unprefixed answers
+            first = self.accelerator.process_index * len(inputs)
+            for i, (x, completion) in enumerate(zip(inputs, completions)):
+                if not x["prefixed"] and rewards[first + i].sum() > 0:
+                    self.trace_pool.add(x["problem_id"], completion, self.state.global_step)
         return rewards
 
     # -- the update -----------------------------------------------------------------------------
@@ -352,17 +362,18 @@ def grpo_config(cfg: TrainConfig, out_dir: Path) -> GRPOConfig:
         top_k=0, top_p=1.0, max_completion_length=cfg.max_completion_length, seed=cfg.seed, data_seed=cfg.seed,
         bf16=False, use_cpu=not torch.cuda.is_available(), report_to=cfg.report_to, logging_steps=1,
         save_strategy="steps", save_steps=cfg.save_every, save_total_limit=2, save_only_model=False,
-        disable_tqdm=False, remove_unused_columns=False,
+        disable_tqdm=not cfg.progress_bar, remove_unused_columns=False,
     )
 
 
 def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cfg: TrainConfig | None = None,
           eval_problems: dict[str, list[Problem]] | None = None, prior_flops: FlopsLedger | None = None,
-          off_policy: OffPolicyTraces | None = None) -> Path:
+          off_policy: OffPolicyTraces | None = None, adaptive=None) -> Path:
     """Train `model_path` on `rows` (prompt, problem_id, prefix, prefixed, ...) and save the result in
     out_dir/model. Resumes from the last checkpoint in out_dir. `prior_flops` (e.g. collection) is
     charged to the run's ledger so curves start after it. `off_policy`: traces that join the
-    groups (the luffy and offpolicy-is baselines, see methods.py)."""
+    groups (the luffy and offpolicy-is baselines, see methods.py). `adaptive`: an AdaptivePrefixes
+    that re-chooses the rows' prefixes during training (prefixrl-adaptive; `rows` is then ignored)."""
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
     if (out_dir / "model").is_dir() and (out_dir / "manifest.json").exists():
@@ -378,12 +389,20 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     kept_step = int(checkpoint.name.split("-")[1]) if checkpoint else -1
     for log_name in ("metrics.jsonl", "eval.jsonl"):  # forget what the kill lost since the checkpoint
         AppendLog(out_dir / log_name).keep(lambda row: row["step"] <= kept_step)
+    if adaptive:  # the rows chosen at the last re-calibration the checkpoint saw
+        rows = adaptive.rows(model, tokenizer, adaptive.start(kept_step), ledger)
     if len(rows) < cfg.problems_per_step:  # a batch needs problems_per_step rows: repeat a small set
         rows = rows * -(-cfg.problems_per_step // len(rows))
     trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), args=grpo_config(cfg, out_dir),
                               train_dataset=Dataset.from_list(rows), processing_class=tokenizer, flops_ledger=ledger,
                               off_policy=off_policy)
     trainer.add_callback(MetricsLog(AppendLog(out_dir / "metrics.jsonl")))
+    if adaptive:
+        adaptive.attach(trainer, ledger)
+        trainer.live_rows = rows
+        trainer.add_callback(adaptive)
+    if not cfg.progress_bar:
+        trainer.remove_callback(PrinterCallback)  # without the bar, Trainer prints every step's logs instead
     evaluator = None
     if eval_problems:
         prefix_rows = [r for r in rows if r["prefix"]][:32]  # a fixed sample: the NLL curve follows one set
