@@ -80,6 +80,12 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
         raise ValueError(f"method {method!r} trains on the traces themselves: pass them (--traces traces.jsonl)")
     tokenizer = AutoTokenizer.from_pretrained(model_path)  # the hint rows need only the tokenizer
     selected = select_rows(rows, method, tokenizer, problems)
+    wanted = {r["problem_id"] for r in selected}
+    if method in USES_TRACES:
+        traces = [t for t in traces if t["problem_id"] in wanted]
+        if not traces:
+            raise ValueError(f"method {method!r}: none of the traces given is for a training problem: pass the "
+                             f"traces the training rows were cut from")
     if method == "rl-n64":
         cfg = replace(cfg, num_generations=64)
     if method == "sft-rl":
@@ -89,17 +95,15 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
         prior_flops = FlopsLedger(out_dir / "sft" / "flops.json")
     off_policy = None
     if method in ("offpolicy-is", "luffy"):
-        wanted = {r["problem_id"] for r in selected}
         ledger = FlopsLedger()
         if prior_flops:
             ledger.merge(prior_flops)
         prior_flops = ledger
-        off_policy = off_policy_traces(model_path, [t for t in traces if t["problem_id"] in wanted], problems,
+        off_policy = off_policy_traces(model_path, traces, problems,
                                        "is" if method == "offpolicy-is" else "luffy", cfg, prior_flops)
     adaptive = None
     if method == "prefixrl-adaptive":
-        wanted = {r["problem_id"] for r in selected}
-        adaptive = AdaptivePrefixes(task, problems, [t for t in traces if t["problem_id"] in wanted],
+        adaptive = AdaptivePrefixes(task, problems, traces,
                                     prefix_cfg or PrefixConfig(), adaptive_cfg or AdaptiveConfig(), out_dir,
                                     cfg.max_completion_length)
     return train(task, model_path, selected, out_dir, cfg, eval_problems=eval_problems, prior_flops=prior_flops,
@@ -111,8 +115,9 @@ def off_policy_traces(model_path: str, traces: list[dict], problems: dict[str, P
     """One trace per problem (its first), in the policy's tokens with <eos>, and the behaviour
     policy's log-probs of its tokens: those recorded at collection when the policy tokenizes the
     trace exactly as the sampler did; otherwise (imported traces, another tokenizer) the starting
-    policy's own log-probs stand in for the unknown behaviour policy, at the charge of one
-    forward pass (then pi/mu starts at 1, as if the policy had sampled the trace)."""
+    policy's own log-probs (at the rollout temperature, as TRL scores the policy) stand in for the
+    unknown behaviour policy, at the charge of one forward pass (pi/mu then starts at 1, as if the
+    policy had sampled the trace)."""
     model, tokenizer = load_model(model_path, device="cpu")
     token_ids, logprobs = {}, {}
     for trace in traces:
@@ -128,7 +133,7 @@ def off_policy_traces(model_path: str, traces: list[dict], problems: dict[str, P
             logprobs[pid] = list(recorded)
         else:
             prompt = render_prompt(tokenizer, problems[pid].prompt, "")
-            logprobs[pid] = sequence_logprobs(model, tokenizer, prompt, ids)
+            logprobs[pid] = sequence_logprobs(model, tokenizer, prompt, ids, cfg.temperature)
             ledger.add("behaviour_forward", n_params=n_params(model),
                        inference_tokens=len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + len(ids))
         token_ids[pid] = ids

@@ -72,11 +72,11 @@ def n_params(model) -> int:
 
 
 @torch.no_grad()
-def sequence_logprobs(model, tokenizer, prompt: str, ids: list[int]) -> list[float]:
-    """log p(ids | prompt) per token under `model` at temperature 1."""
+def sequence_logprobs(model, tokenizer, prompt: str, ids: list[int], temperature: float = 1.0) -> list[float]:
+    """log p(ids | prompt) per token under `model` at `temperature`."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     input_ids = torch.tensor([prompt_ids + ids], device=model.device)
-    logits = model(input_ids=input_ids).logits[0, len(prompt_ids) - 1:-1].float()
+    logits = model(input_ids=input_ids).logits[0, len(prompt_ids) - 1:-1].float() / temperature
     return logits.log_softmax(-1).gather(-1, input_ids[0, len(prompt_ids):, None]).squeeze(-1).tolist()
 
 

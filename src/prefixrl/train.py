@@ -389,8 +389,11 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     kept_step = int(checkpoint.name.split("-")[1]) if checkpoint else -1
     for log_name in ("metrics.jsonl", "eval.jsonl"):  # forget what the kill lost since the checkpoint
         AppendLog(out_dir / log_name).keep(lambda row: row["step"] <= kept_step)
+    nll_rows = [r for r in rows if r["prefix"]][:32]  # a fixed sample: the prefix-NLL curve follows one set
     if adaptive:  # the rows chosen at the last re-calibration the checkpoint saw
-        rows = adaptive.rows(model, tokenizer, adaptive.start(kept_step), ledger)
+        current = adaptive.start(kept_step)
+        nll_rows = [r for r in adaptive.rows(model, tokenizer, 0, ledger) if r["prefix"]][:32]  # step 0's, from disk
+        rows = adaptive.rows(model, tokenizer, current, ledger)
     if len(rows) < cfg.problems_per_step:  # a batch needs problems_per_step rows: repeat a small set
         rows = rows * -(-cfg.problems_per_step // len(rows))
     trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), args=grpo_config(cfg, out_dir),
@@ -405,8 +408,7 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         trainer.remove_callback(PrinterCallback)  # without the bar, Trainer prints every step's logs instead
     evaluator = None
     if eval_problems:
-        prefix_rows = [r for r in rows if r["prefix"]][:32]  # a fixed sample: the NLL curve follows one set
-        evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, prefix_rows)
+        evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, nll_rows)
         trainer.add_callback(evaluator)
         evaluator.evaluate(0)
     if cfg.budget_flops:
