@@ -113,3 +113,32 @@ def test_a_killed_experiment_resumes_with_the_same_numbers(experiment, tmp_path)
     resumed = run_experiment(folder / "config.yaml", out, quiet=True)
     assert {m: evals(out, m, 0) for m in ("prefixrl", "rl")} == before  # finished runs untouched
     assert resumed["headline"] == summary["headline"]  # the redone run: same seed, same numbers
+
+
+def test_traces_from_another_model(tmp_path):
+    """Cross-family traces: screening uses the policy, collection the trace model, whose own
+    log-probs the traces record as the behaviour policy's."""
+    from rich.console import Console
+
+    from prefixrl.models import load_model, resolve_model, sequence_logprobs
+    from prefixrl.pipeline import PipelineConfig, build_config, prepare_data
+    from prefixrl.tasks import problems_by_id
+
+    policy, tokenizer = load_model(resolve_model("builtin:chain"), device="cpu")
+    other, _ = load_model(resolve_model("builtin:chain"), device="cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # another model that still executes the steps
+    other.save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    cfg = build_config(PipelineConfig, {
+        "task": "chain", "model": "builtin:chain", "trace_model": str(tmp_path / "other"),
+        "sampling": {"max_new_tokens": 96, "batch_size": 256}, "screen": {"problems": "easy", "limit": 4, "n": 4, "k": 4},
+        "collect": {"max_attempts": 256, "attempts_per_round": 64}}, "test")
+    data = prepare_data(cfg, tmp_path / "out", Console(quiet=True), quiet=True)
+    assert data.traces and all(t["source"] == str(tmp_path / "other") for t in data.traces)
+    trace, problem = data.traces[0], problems_by_id(data.task)[data.traces[0]["problem_id"]]
+    mine = [sequence_logprobs(m, tokenizer, problem.prompt, trace["token_ids"]) for m in (other, policy)]
+    assert trace["logprobs"] == pytest.approx(mine[0], abs=1e-4)
+    assert trace["logprobs"] != pytest.approx(mine[1], abs=1e-4)

@@ -36,6 +36,7 @@ class PipelineConfig:
     task: str = "chain"
     model: str = "builtin:chain"  # a model folder, or builtin:TASK for the shipped base model
     seed: int = 0  # of the data stages (screening, collection, cut points)
+    trace_model: str | None = None  # collect the traces with another model (cross-family); default: `model`
     sampling: SamplingParams = field(default_factory=SamplingParams)
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -80,7 +81,9 @@ def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool =
     console.print(f"{len(hard)} of {len(screened)} problems have pass@{cfg.screen.k} = 0")
 
     console.rule("collect: rejection-sample a correct trace for each hard problem")
-    traces = collect(task, sampler, hard, out / "traces", cfg.collect, source=cfg.model, quiet=quiet)
+    collector = make_sampler("hf", resolve_model(cfg.trace_model), cfg.sampling) if cfg.trace_model else sampler
+    traces = collect(task, collector, hard, out / "traces", cfg.collect, source=cfg.trace_model or cfg.model,
+                     quiet=quiet)
     if not traces:
         raise ValueError("rejection sampling found no correct trace: raise collect.max_attempts or screen more problems")
     solved = [p for p in hard if p.id in {t["problem_id"] for t in traces}]

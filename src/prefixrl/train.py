@@ -8,9 +8,12 @@ covers the policy's own continuation, and nothing else. The reward scores prefix
 (the answer may sit in either). The default objective is the paper's: REINFORCE with a group-mean
 baseline (no std scaling, no KL, one update per batch so the ratio is 1), 8 samples per problem.
 
-The subclass adds two things to GRPOTrainer, in two small hooks: metrics split by prefixed /
-unprefixed groups, and the FLOPs ledger (rollouts 2·N·D, updates 6·N·D, prompt and prefix tokens
-counted). A callback evaluates *unprefixed* pass@1 every `eval_every` steps.
+The subclass adds to GRPOTrainer, in small hooks: metrics split by prefixed / unprefixed groups
+(reward, zero-advantage share, entropy, and gradient norm from one backward pass per part); the
+FLOPs ledger (rollouts 2·N·D, updates 6·N·D, prompt and prefix tokens counted); for the off-policy
+baselines only, a correct trace in place of each group's last sample with its own token weights;
+and rows that can change during training (prefixrl-adaptive). Callbacks evaluate *unprefixed*
+pass@1 every `eval_every` steps and stop a run at its FLOPs budget. Methods: see methods.py.
 """
 
 from __future__ import annotations
