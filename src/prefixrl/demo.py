@@ -25,7 +25,8 @@ from prefixrl.generate import SamplingParams, make_sampler
 from prefixrl.methods import run_method
 from prefixrl.pipeline import PipelineConfig, prepare_data
 from prefixrl.prefixes import calibrate, success_curve
-from prefixrl.report import markdown_table, plot_reward_vs_flops, plot_success_vs_prefix
+from prefixrl.report import (markdown_table, plot_back_generalization, plot_reward_vs_flops, plot_success_vs_prefix,
+                             trace_strategy_shares)
 from prefixrl.runinfo import write_manifest
 from prefixrl.train import TrainConfig
 
@@ -73,16 +74,16 @@ def run_demo(config_path: str | Path, out: str | Path, quiet: bool = False, cons
         for split, split_problems in evals.items():
             results[(name, split)] = evaluate(task, eval_sampler, split_problems, cfg.evaluate.n,
                                               out / "evaluate" / f"{name}-{split}", seed=cfg.seed, quiet=quiet)
-        if name == "trained":
-            trained_curve = success_curve(calibrate(task, eval_sampler, data.sampler.tokenizer, calibration_traces,
-                                                    by_id, out / "prefixes" / "trained", n=cfg.evaluate.calibration_n,
-                                                    seed=cfg.seed, quiet=quiet))
+    # success vs prefix at the sampling temperature, as for the base policy above
+    trained_curve = success_curve(calibrate(task, make_sampler("hf", str(trained), cfg.sampling),
+                                            data.sampler.tokenizer, calibration_traces, by_id,
+                                            out / "prefixes" / "trained", n=cfg.evaluate.calibration_n,
+                                            seed=cfg.seed, quiet=quiet))
 
     ledger = FlopsLedger(out / "flops.json", fresh=True)
     for stage in ("screen", "traces", "train"):
         ledger.merge(FlopsLedger(out / stage / "flops.json") if stage != "train" else _training_only(out))
-    summary = _write_report(out, cfg, task.name, len(data.screened), data.hard, solved, results, ledger,
-                            {"base": base_curve, "trained": trained_curve}, data.collect_flops.total)
+    summary = _write_report(out, cfg, data, results, ledger, {"base": base_curve, "trained": trained_curve})
     _print_summary(console, summary, out)
     write_manifest(out, stage="demo", config=asdict(cfg), seed=cfg.seed, flops=ledger.total,
                    wall_time_s=time.time() - start, extra={"summary": summary})
@@ -96,25 +97,29 @@ def _training_only(out: Path) -> FlopsLedger:
     return ledger
 
 
-def _write_report(out: Path, cfg: DemoConfig, task: str, n_screened: int, hard, solved, results, ledger,
-                  curves, collect_flops: float) -> dict:
+def _write_report(out: Path, cfg: DemoConfig, data, results, ledger, curves) -> dict:
     eval_rows = read_jsonl(out / "train" / "eval.jsonl")
-    plot_reward_vs_flops({cfg.method: eval_rows}, out / "report" / "reward_vs_flops.png", marker_flops=collect_flops)
-    plot_success_vs_prefix(curves, out / "report" / "success_vs_prefix.png")
+    figures = {"unprefixed pass@1 vs FLOPs": "reward_vs_flops.png", "success vs prefix fraction": "success_vs_prefix.png"}
+    plot_reward_vs_flops({cfg.method: eval_rows}, out / "report" / figures["unprefixed pass@1 vs FLOPs"],
+                         marker_flops=data.collect_flops.total)
+    plot_success_vs_prefix(curves, out / "report" / figures["success vs prefix fraction"])
+    if data.task.strategy_markers:
+        figures["back-generalization"] = "back_generalization.png"
+        plot_back_generalization({cfg.method: [{"eval": eval_rows, "metrics": []}]}, list(data.task.strategy_markers),
+                                 trace_strategy_shares(data.task, data.traces), out / "report" / figures["back-generalization"])
     table = [[f"{split} ({results[('base', split)]['problems']})",
               results[("base", split)]["pass@1"], results[("trained", split)]["pass@1"],
               results[("base", split)].get("pass@8", float("nan")), results[("trained", split)].get("pass@8", float("nan"))]
              for split in ("hard", "heldout")]
     flops_rows = [[stage, entry["flops"]] for stage, entry in ledger.stages.items()]
     text = "\n\n".join([
-        f"# prefixrl demo: {task}",
-        f"Screened {n_screened} problems; {len(hard)} had pass@{cfg.screen.k} = 0; rejection sampling "
-        f"(cap {cfg.collect.max_attempts}) found traces for {len(solved)}. Method: `{cfg.method}`, "
+        f"# prefixrl demo: {data.task.name}",
+        f"Screened {len(data.screened)} problems; {len(data.hard)} had pass@{cfg.screen.k} = 0; rejection sampling "
+        f"(cap {cfg.collect.max_attempts}) found traces for {len(data.solved)}. Method: `{cfg.method}`, "
         f"{cfg.train.steps} steps. Evaluation: unprefixed, n = {cfg.evaluate.n}, temperature {cfg.evaluate.temperature}.",
         markdown_table(["problems", "base pass@1", "trained pass@1", "base pass@8", "trained pass@8"], table),
         markdown_table(["stage", "FLOPs"], flops_rows),
-        "![unprefixed pass@1 vs FLOPs](reward_vs_flops.png)",
-        "![success vs prefix fraction](success_vs_prefix.png)",
+        *[f"![{title}]({name})" for title, name in figures.items()],
     ])
     atomic_write_text(out / "report" / "README.md", text + "\n")
     return {"table": table, "flops": dict(flops_rows)}

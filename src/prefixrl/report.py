@@ -22,7 +22,7 @@ def plot_reward_vs_flops(curves: dict[str, list[dict]], path: str | Path, marker
     the collection FLOPs charged to it, marked at `marker_flops`), y = unprefixed pass@1."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for run, rows in curves.items():
-        metrics = sorted({k for row in rows for k in row if k.startswith("eval/")})
+        metrics = sorted({k for row in rows for k in row if k.startswith("eval/") and k.endswith("/pass@1")})
         for metric in metrics:
             points = [(row["flops"], row[metric]) for row in rows if metric in row]
             label = f"{run}: {metric.removeprefix('eval/').replace('/pass@1', '')}"
@@ -153,6 +153,14 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, marker_flops: float) ->
     return _save(fig, path)
 
 
+def trace_strategy_shares(task, traces: list[dict]) -> dict[str, float]:
+    """Each strategy marker's share among the traces (the prefixes' strategies)."""
+    from prefixrl.tasks import strategy_of
+
+    return {s: sum(strategy_of(task, t["completion"]) == s for t in traces) / max(len(traces), 1)
+            for s in task.strategy_markers}
+
+
 def plot_back_generalization(runs: dict[str, list[dict]], markers: list[str], trace_shares: dict[str, float],
                              path: Path) -> Path:
     """Left: each strategy marker's share in unprefixed answers over training, with its share in
@@ -174,7 +182,6 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
     import numpy as np
 
     from prefixrl.claims import judge_claims
-    from prefixrl.tasks import strategy_of
 
     out, folder = Path(out), Path(out) / "report"
     runs = load_runs(run_dirs)
@@ -190,8 +197,7 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
                     "gradient norm (before clipping)", "gradient norm", collect_flops, log_y=True)
     plot_success_vs_prefix(calibration, folder / "success_vs_prefix.png")
     markers = list(data.task.strategy_markers)
-    trace_shares = {s: float(np.mean([strategy_of(data.task, t["completion"]) == s for t in data.traces]))
-                    for s in markers}
+    trace_shares = trace_strategy_shares(data.task, data.traces)
     if markers:
         plot_back_generalization(runs, markers, trace_shares, folder / "back_generalization.png")
     claims = judge_claims(runs, numbers, calibration, method)
