@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -19,8 +18,6 @@ from prefixrl.files import InputError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every model and tokenizer here is local
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # a bar per (tiny) model load is noise
-# TRL calls transformers' renamed gradient_checkpointing API: its FutureWarnings say nothing to a user
-warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
 
 app = typer.Typer(help="PrefixRL: RL on hard problems, conditioned on prefixes of correct off-policy traces.",
                   no_args_is_help=True, pretty_exceptions_enable=False)

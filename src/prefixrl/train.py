@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import load_model, n_params, sequence_logprobs
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id
+
+# TRL calls transformers' renamed gradient_checkpointing API: its FutureWarnings say nothing to a
+# user (filtered here, not in the CLI, so experiment workers and scripts are quiet too)
+warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
 
 
 @dataclass
