@@ -92,12 +92,14 @@ def adaptive_fractions(calibration: list[dict], band: tuple[float, float]) -> di
     return chosen
 
 
-def render_prompt(tokenizer, problem_prompt: str, prefix: str) -> str:
-    """The prompt the policy continues: the prompt it answers from (base models: the problem; chat
-    models: the chat template's generation prompt), then the prefix verbatim, just as if the policy
-    had written the prefix itself. (Re-rendering the prefix as an assistant turn with
-    continue_final_message does not: Qwen3-style templates insert an empty <think></think> block
-    before it, Llama-3-style ones trim its leading space.)"""
+def render_prompt(tokenizer, problem_prompt: str, prefix: str = "") -> str:
+    """The prompt the policy continues, the one every stage samples and trains from (screen,
+    collect, calibrate, train, evaluate; tokenized by models.encode_prompt): the prompt it answers
+    from (base models: the problem; chat models: the chat template's generation prompt, whatever
+    it opens, e.g. "<think>\n"), then the prefix verbatim, just as if the policy had written the
+    prefix itself. (Re-rendering the prefix as an assistant turn with continue_final_message does
+    not: Qwen3-style templates drop a <think> block from an assistant turn's text or insert an empty
+    <think></think> before it, Llama-3-style ones trim its leading space.)"""
     if not getattr(tokenizer, "chat_template", None):
         return problem_prompt + prefix
     messages = [{"role": "user", "content": problem_prompt}]
