@@ -157,14 +157,19 @@ def test_chat_rows_end_with_the_prefix(two):
 def test_hint_sits_in_the_user_turn(template):
     tok = chat_tokenizer(template)
     prompt = render_hint(tok, "740365 8:", " 1:470365/7 2:")
-    user_turn = "740365 8:\n\nHint: a correct solution begins with:  1:470365/7 2:"
+    user_turn = "740365 8:\n\nHint: a correct solution begins with: 1:470365/7 2:"
     # the unprefixed prompt with the hint added to the user's message: it ends with the generation prompt
     assert prompt == GENERATION_PROMPT[template].replace("740365 8:", user_turn)
+    # one space after the colon, whether or not the trace starts with one (chat models' rarely do)
+    assert render_hint(tok, "740365 8:", "1:470365/7 2:") == prompt
+    assert render_hint(tok, "740365 8:", "\n1:4") == GENERATION_PROMPT[template].replace(
+        "740365 8:", "740365 8:\n\nHint: a correct solution begins with:\n1:4")
 
 
 def test_hint_for_a_base_model():
     prompt = render_hint(TOK, "740365 8:", " 1:470365/7 2:")
     assert prompt == "Hint: a correct solution begins with: 1:470365/7 2:\n740365 8:"
+    assert render_hint(TOK, "740365 8:", "1:470365/7 2:") == prompt
     assert TOK.unk_token_id not in TOK(prompt, add_special_tokens=False)["input_ids"]  # "\n" is in the vocabulary
 
 
