@@ -8,13 +8,17 @@ from datasets import Dataset
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 from trl import GRPOTrainer
+from typer.testing import CliRunner
 
 from conftest import solve_sort
+from prefixrl.cli import app
 from prefixrl.evaluate import score_problems
+from prefixrl.files import InputError, read_jsonl, write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import HFSampler, Sample, SamplingParams
 from prefixrl.models import TinyModelConfig, char_tokenizer, encode_prompt, sequence_logprobs, tiny_model
-from prefixrl.prefixes import PrefixConfig, prefix_at, prefixed_problems, render_prompt, token_offsets
+from prefixrl.prefixes import (PrefixConfig, calibrate, prefix_at, prefixed_problems, render_prompt, token_offsets,
+                               with_context_limit)
 from prefixrl.tasks import Problem
 from prefixrl.traces import CollectConfig, collect
 from prefixrl.train import PrefixRLTrainer, TrainConfig, grpo_config
@@ -188,3 +192,82 @@ def test_screen_collect_and_evaluate_sample_the_chat_rendered_prompt(sort_task, 
     assert sampler.prompts == rendered
     # the store keeps the problem's prompt and the text written after the rendered prompt
     assert [(t["prompt"], t["completion"]) for t in traces] == [(p.prompt, solve_sort(p.prompt)) for p in problems]
+
+
+# --- the context window --------------------------------------------------------------------------
+def test_a_prompt_over_the_limit_is_refused_or_cut_shorter():
+    tok = llama3()
+    head = len(encode_prompt(tok, render_prompt(tok, PROBLEM.prompt)))
+    n = len(tok(TRACE, add_special_tokens=False)["input_ids"])
+    traces = [{"problem_id": PROBLEM.id, "completion": TRACE}]
+    limit = head + n // 2
+    cfg = PrefixConfig(policy="tokens", token_counts=[n // 4, n], max_prompt_length=limit)
+    with pytest.raises(InputError) as err:
+        prefixed_problems(tok, traces, {PROBLEM.id: PROBLEM}, cfg)
+    message = str(err.value)
+    for part in ("trace 0 (problem 'add-1')", f"{head + n} tokens", f"problem {head} + prefix {n}",
+                 f"max_prompt_length {limit}", "--on-too-long truncate", "max_completion_length"):
+        assert part in message
+    rows = prefixed_problems(tok, traces, {PROBLEM.id: PROBLEM}, PrefixConfig(
+        policy="tokens", token_counts=[n // 4, n], max_prompt_length=limit, on_too_long="truncate"))
+    short, cut = rows[0], rows[1]
+    assert short["prefix_tokens"] == n // 4  # fits: as drawn
+    assert cut["prefix_tokens"] == n // 2 and cut["prefix_fraction"] == round((n // 2) / n, 4)
+    assert TRACE.startswith(cut["prefix"]) and len(encode_prompt(tok, cut["prompt"])) == limit  # its first tokens
+    assert not rows[2]["prefixed"]
+    with pytest.raises(InputError, match="rendered problem alone is"):  # no shorter cut helps
+        prefixed_problems(tok, traces, {PROBLEM.id: PROBLEM}, PrefixConfig(max_prompt_length=head - 1,
+                                                                            on_too_long="truncate"))
+
+
+def test_the_limit_defaults_to_the_context_window_less_the_completion():
+    model = tiny_model(char_tokenizer(), SMALL)  # a context window of 256
+    assert with_context_limit(PrefixConfig(), model, 200).max_prompt_length == 56
+    assert with_context_limit(PrefixConfig(max_prompt_length=10), model, 200).max_prompt_length == 10
+    with pytest.raises(ValueError, match="no room"):
+        with_context_limit(PrefixConfig(), model, 256)
+    with pytest.raises(ValueError, match="on_too_long"):
+        PrefixConfig(on_too_long="drop")
+
+
+class Stops:
+    params, n_params = SamplingParams(max_new_tokens=4), 10
+
+    def generate(self, prompts, n, seed):
+        return [[Sample(text="", token_ids=[0], prompt_tokens=1)] * n for _ in prompts]
+
+
+def test_calibration_prefixes_keep_to_the_limit(sort_task, tmp_path):
+    tok = char_tokenizer()
+    problem = sort_task.problems("train")[0]
+    text = solve_sort(problem.prompt)
+    traces, limit = [{"problem_id": problem.id, "completion": text}], len(problem.prompt) + 5
+    cfg = PrefixConfig(max_prompt_length=limit, on_too_long="truncate")
+    rows = calibrate(sort_task, Stops(), tok, traces, {problem.id: problem}, tmp_path, fractions=(0.0, 1.0), n=1,
+                     quiet=True, cfg=cfg)
+    assert [p["prefix_tokens"] for p in rows[0]["points"]] == [0, 5]
+    with pytest.raises(InputError, match="trace 0"):
+        calibrate(sort_task, Stops(), tok, traces, {problem.id: problem}, tmp_path / "error", fractions=(1.0,), n=1,
+                  quiet=True, cfg=PrefixConfig(max_prompt_length=limit))
+
+
+def test_prefixes_command_refuses_or_truncates(sort_task, tmp_path):
+    tok = char_tokenizer()
+    model_dir = tmp_path / "model"
+    tiny_model(tok, SMALL).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    problem = sort_task.problems("train")[0]
+    text = solve_sort(problem.prompt)
+    write_jsonl(tmp_path / "traces.jsonl", [{"problem_id": problem.id, "prompt": problem.prompt, "completion": text}])
+    base = ["prefixes", str(model_dir), "--task", "sort", "--traces", str(tmp_path / "traces.jsonl"),
+            "--policy", "fixed", "--fraction", "1.0", "--out", str(tmp_path / "out")]
+    room = 256 - len(problem.prompt) - 5  # the context window leaves a prompt 5 tokens for the prefix
+    refused = CliRunner().invoke(app, base + ["--max-completion-length", str(room)])
+    assert refused.exit_code == 2 and "trace 0" in refused.output and "--on-too-long" in refused.output
+    done = CliRunner().invoke(app, base + ["--max-completion-length", str(room), "--on-too-long", "truncate"])
+    assert done.exit_code == 0, done.output
+    rows = read_jsonl(tmp_path / "out" / "train.jsonl")
+    assert rows[0]["prefix"] == text[:5] and rows[0]["prefix_tokens"] == 5
+    explicit = CliRunner().invoke(app, base + ["--max-prompt-length", str(len(problem.prompt) + 7),
+                                               "--on-too-long", "truncate"])
+    assert explicit.exit_code == 0 and read_jsonl(tmp_path / "out" / "train.jsonl")[0]["prefix_tokens"] == 7

@@ -9,8 +9,8 @@ import torch
 from conftest import solve_sort
 from prefixrl.generate import HFSampler, Sample, SamplingParams
 from prefixrl.models import TinyModelConfig, char_tokenizer, tiny_model
-from prefixrl.prefixes import (PrefixConfig, calibrate, cut, cut_points, hint_rows, prefix_at, prefixed_problems,
-                               render_hint, render_prompt, success_curve, token_offsets)
+from prefixrl.prefixes import (PrefixConfig, calibrate, cut_points, hint_rows, prefix_at,
+                               prefixed_problems, render_hint, render_prompt, success_curve, token_offsets)
 from prefixrl.tasks import Problem
 
 torch.set_num_threads(1)
@@ -58,10 +58,6 @@ def test_prefix_is_an_exact_character_prefix(sort_task):
     for h in range(len(text) + 1):
         prefix = prefix_at(text, offsets, h)
         assert text.startswith(prefix) and len(TOK(prefix, add_special_tokens=False)["input_ids"]) == h
-    assert cut(TOK, text, 0.5) == (text[:round(0.5 * len(text))], round(0.5 * len(text)))
-    assert cut(TOK, text, 1.0) == (text, len(text)) and cut(TOK, text, 0.0) == ("", 0)
-    with pytest.raises(ValueError, match="fraction"):
-        cut(TOK, text, 1.5)
 
 
 @pytest.fixture(scope="module")
