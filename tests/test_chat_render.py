@@ -19,6 +19,7 @@ from prefixrl.generate import HFSampler, Sample, SamplingParams
 from prefixrl.models import TinyModelConfig, char_tokenizer, encode_prompt, sequence_logprobs, tiny_model
 from prefixrl.prefixes import (PrefixConfig, calibrate, prefix_at, prefixed_problems, render_prompt, token_offsets,
                                with_context_limit)
+from prefixrl.sft import sft_examples
 from prefixrl.tasks import Problem
 from prefixrl.traces import CollectConfig, collect
 from prefixrl.train import PrefixRLTrainer, TrainConfig, grpo_config
@@ -122,6 +123,15 @@ def test_the_trainer_and_the_sampler_read_the_same_ids_with_bos_once(name, tmp_p
     assert (trl_ids != trained) == (name == "llama3-chat")
     if name == "llama3-chat":
         assert trl_ids[0][:2] == [tok.bos_token_id] * 2
+
+
+@pytest.mark.parametrize("name", list(TOKENIZERS))
+def test_sft_examples_start_from_the_same_prompt_ids(name):
+    tok = TOKENIZERS[name]()
+    example = sft_examples(tok, [{"problem_id": PROBLEM.id, "completion": TRACE}], {PROBLEM.id: PROBLEM})[0]
+    prompt_ids = example["input_ids"][:example["completion_mask"].index(1)]
+    assert prompt_ids == encode_prompt(tok, render_prompt(tok, PROBLEM.prompt))
+    assert example["input_ids"].count(tok.bos_token_id) == BOS_COUNT[name]
 
 
 def test_a_thinking_template_ends_with_the_prefix_in_policy_tokens():
