@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may be down
 import pytest
 
 from prefixrl.generate import Sample, SamplingParams
+from prefixrl.models import char_tokenizer
 from prefixrl.tasks.chain import RULES, move
 from prefixrl.tasks.sort import swap
 
@@ -70,6 +71,7 @@ class FakeSortSampler:
         self.p_correct, self.unsolvable, self.interrupt_on = p_correct, set(unsolvable), interrupt_on
         self.params = SamplingParams(max_new_tokens=64, batch_size=batch_size)
         self.n_params = 1000
+        self.tokenizer = char_tokenizer()  # a base model's: the stages' prompts are the problems
         self.calls: list[tuple[list[str], int, int]] = []
 
     def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:

@@ -9,8 +9,8 @@ import torch
 from conftest import solve_sort
 from prefixrl.generate import HFSampler, Sample, SamplingParams
 from prefixrl.models import TinyModelConfig, char_tokenizer, tiny_model
-from prefixrl.prefixes import (PrefixConfig, calibrate, cut, cut_points, hint_rows, prefix_at, prefixed_problems,
-                               render_hint, render_prompt, success_curve, token_offsets)
+from prefixrl.prefixes import (PrefixConfig, calibrate, cut_points, hint_rows, prefix_at,
+                               prefixed_problems, render_hint, render_prompt, success_curve, token_offsets)
 from prefixrl.tasks import Problem
 
 torch.set_num_threads(1)
@@ -58,10 +58,6 @@ def test_prefix_is_an_exact_character_prefix(sort_task):
     for h in range(len(text) + 1):
         prefix = prefix_at(text, offsets, h)
         assert text.startswith(prefix) and len(TOK(prefix, add_special_tokens=False)["input_ids"]) == h
-    assert cut(TOK, text, 0.5) == (text[:round(0.5 * len(text))], round(0.5 * len(text)))
-    assert cut(TOK, text, 1.0) == (text, len(text)) and cut(TOK, text, 0.0) == ("", 0)
-    with pytest.raises(ValueError, match="fraction"):
-        cut(TOK, text, 1.5)
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +153,19 @@ def test_chat_rows_end_with_the_prefix(two):
 def test_hint_sits_in_the_user_turn(template):
     tok = chat_tokenizer(template)
     prompt = render_hint(tok, "740365 8:", " 1:470365/7 2:")
-    user_turn = "740365 8:\n\nHint: a correct solution begins with:  1:470365/7 2:"
+    user_turn = "740365 8:\n\nHint: a correct solution begins with: 1:470365/7 2:"
     # the unprefixed prompt with the hint added to the user's message: it ends with the generation prompt
     assert prompt == GENERATION_PROMPT[template].replace("740365 8:", user_turn)
+    # one space after the colon, whether or not the trace starts with one (chat models' rarely do)
+    assert render_hint(tok, "740365 8:", "1:470365/7 2:") == prompt
+    assert render_hint(tok, "740365 8:", "\n1:4") == GENERATION_PROMPT[template].replace(
+        "740365 8:", "740365 8:\n\nHint: a correct solution begins with:\n1:4")
 
 
 def test_hint_for_a_base_model():
     prompt = render_hint(TOK, "740365 8:", " 1:470365/7 2:")
     assert prompt == "Hint: a correct solution begins with: 1:470365/7 2:\n740365 8:"
+    assert render_hint(TOK, "740365 8:", "1:470365/7 2:") == prompt
     assert TOK.unk_token_id not in TOK(prompt, add_special_tokens=False)["input_ids"]  # "\n" is in the vocabulary
 
 

@@ -37,11 +37,12 @@ def test_loss_covers_only_the_trace_and_its_eos(tok, chain_task, tmp_path):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(traces))])
     for i, trace in enumerate(traces):
         prompt = render_prompt(tok, problems[trace["problem_id"]].prompt, "")
-        assert examples[i] == {"prompt": prompt, "completion": trace["completion"]}
         assert prompt.startswith("<|im_start|>user\n") == (tok.chat_template is not None)  # chat models: the template
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         trace_ids = tok(trace["completion"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         n = len(prompt_ids) + len(trace_ids)
+        assert examples[i] == {"input_ids": prompt_ids + trace_ids,
+                               "completion_mask": [0] * len(prompt_ids) + [1] * len(trace_ids)}
         assert batch["input_ids"][i][:n].tolist() == prompt_ids + trace_ids
         labels = batch["labels"][i].tolist()
         assert labels[:len(prompt_ids)] == [-100] * len(prompt_ids)  # the prompt is context only

@@ -22,7 +22,7 @@ from prefixrl.files import AppendLog, read_jsonl, write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import n_params
-from prefixrl.prefixes import PrefixConfig, calibrate, prefixed_problems
+from prefixrl.prefixes import PrefixConfig, calibrate, prefixed_problems, with_context_limit
 from prefixrl.tasks import Problem, Task
 
 
@@ -94,10 +94,11 @@ class AdaptivePrefixes(TrainerCallback):
         was_training = model.training
         model.eval()
         sampler = HFSampler(model, tokenizer, SamplingParams(max_new_tokens=self.max_new_tokens, batch_size=512))
+        prefix_cfg = with_context_limit(self.prefix_cfg, model, self.max_new_tokens)
         calibration = calibrate(self.task, sampler, tokenizer, traces, self.problems, folder, n=self.cfg.n,
-                                seed=step, quiet=True)
+                                seed=step, quiet=True, cfg=prefix_cfg)
         model.train(was_training)
-        rows = prefixed_problems(tokenizer, traces, self.problems, self.prefix_cfg, calibration=calibration)
+        rows = prefixed_problems(tokenizer, traces, self.problems, prefix_cfg, calibration=calibration)
         if fresh:
             ledger.add("calibration", n_params=n_params(model),
                        inference_tokens=sum(p["tokens"] for row in calibration for p in row["points"]))

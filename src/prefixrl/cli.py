@@ -149,11 +149,17 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
              calibrate_n: int = typer.Option(0, help="Measure success vs prefix fraction with this many samples "
                                               "(needed by --policy adaptive)."),
              band: tuple[float, float] = typer.Option((0.2, 0.8), help="adaptive: target success band of a prefix."),
+             max_completion_length: int = typer.Option(MAX_NEW.default, help="Tokens the policy will generate after "
+                                                       "a prompt: the context window less this bounds the prompt."),
+             max_prompt_length: Optional[int] = typer.Option(None, help="Tokens a prompt (rendered problem + prefix) "
+                                                             "may have (default: as the context window allows)."),
+             on_too_long: str = typer.Option("error", help="A longer prefixed prompt: 'error' (refuse, naming the "
+                                             "trace) or 'truncate' (cut that prefix shorter)."),
              seed: int = SEED, quiet: bool = QUIET):
     """Cut prefixes from correct traces and write the training mix (train.jsonl)."""
     from prefixrl.files import write_jsonl
     from prefixrl.models import load_model, resolve_model
-    from prefixrl.prefixes import PrefixConfig, prefixed_problems
+    from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limit
     from prefixrl.tasks import load_task, problems_by_id
     from prefixrl.traces import load_traces
 
@@ -161,8 +167,9 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
         the_task = load_task(task)
         cfg = PrefixConfig(policy=policy, cuts_per_trace=cuts, low=low, high=high, fractions=list(fraction),
                            token_counts=list(tokens), band=band, snap=snap, unprefixed_per_problem=unprefixed,
-                           seed=seed)
+                           max_prompt_length=max_prompt_length, on_too_long=on_too_long, seed=seed)
         model_obj, tokenizer = load_model(resolve_model(model))
+        cfg = with_context_limit(cfg, model_obj, max_completion_length)
         all_traces = load_traces(traces)
         problems = problems_by_id(the_task)
         calibration = None
@@ -173,7 +180,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
 
             sampler = HFSampler(model_obj, tokenizer, SamplingParams())
             calibration = calibrate(the_task, sampler, tokenizer, all_traces, problems, out, n=calibrate_n,
-                                    seed=seed, quiet=quiet)
+                                    seed=seed, quiet=quiet, cfg=cfg)
             curve = success_curve(calibration)
             plot_success_vs_prefix({model: curve}, out / "success_vs_prefix.png")
             _print_dict("success vs prefix fraction", {f"{f:.0%}": v for f, v in curve.items()})

@@ -17,6 +17,7 @@ import numpy as np
 from prefixrl.files import AppendLog, atomic_write_text, progress_bar
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import Sampler, stable_seed
+from prefixrl.prefixes import render_prompt
 from prefixrl.tasks import Problem, Task, strategy_of
 
 
@@ -49,7 +50,8 @@ def score_problems(task: Task, sampler: Sampler, problems: list[Problem], n: int
         for start in range(0, len(todo), per_call):
             t0 = time.time()
             group = todo[start:start + per_call]
-            samples = sampler.generate([p.prompt for p in group], n, seed=stable_seed(seed, group[0].id))
+            prompts = [render_prompt(sampler.tokenizer, p.prompt) for p in group]
+            samples = sampler.generate(prompts, n, seed=stable_seed(seed, group[0].id))
             for problem, problem_samples in zip(group, samples):
                 log.append(_score_row(task, problem, problem_samples, n))
             rate = len(group) * n / max(time.time() - t0, 1e-9)

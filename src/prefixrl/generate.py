@@ -12,7 +12,7 @@ from typing import Protocol
 
 import torch
 
-from prefixrl.models import n_params
+from prefixrl.models import encode_prompt, n_params
 
 
 @dataclass
@@ -45,9 +45,10 @@ class SamplingParams:
 class Sampler(Protocol):
     n_params: int
     params: SamplingParams
+    tokenizer: object  # the policy's: stages render prompts with its chat template (prefixes.render_prompt)
 
     def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
-        """n samples for each prompt, as a list (one entry per prompt) of n Samples."""
+        """n samples for each rendered prompt, as a list (one entry per prompt) of n Samples."""
 
 
 class HFSampler:
@@ -68,8 +69,9 @@ class HFSampler:
 
     def _generate_batch(self, prompts: list[str], seed: int) -> list[Sample]:
         p = self.params
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(self.model.device)
+        # the trainer's token ids for the same prompts (encode_prompt), left-padded
+        enc = self.tokenizer.pad({"input_ids": [encode_prompt(self.tokenizer, text) for text in prompts]},
+                                 padding_side="left", return_tensors="pt").to(self.model.device)
         torch.manual_seed(seed)
         result = self.model.generate(
             **enc, do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=0,

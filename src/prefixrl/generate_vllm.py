@@ -6,7 +6,7 @@ vLLM has no CPU wheel for this stack, so this file is kept thin and imported onl
 from __future__ import annotations
 
 from prefixrl.generate import Sample, SamplingParams
-from prefixrl.models import count_params_from_config
+from prefixrl.models import count_params_from_config, encode_prompt
 
 
 def _import_vllm():
@@ -26,6 +26,7 @@ class VLLMSampler:
         vllm = _import_vllm()
         self.params = params
         self.llm = vllm.LLM(model=model_path, **llm_kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
         self.n_params = count_params_from_config(model_path)
         self._vllm = vllm
 
@@ -33,7 +34,9 @@ class VLLMSampler:
         p = self.params
         sampling = self._vllm.SamplingParams(n=n, temperature=p.temperature, top_p=p.top_p,
                                              max_tokens=p.max_new_tokens, seed=seed, logprobs=0)
-        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        # token ids, not text: vLLM would add special tokens to a chat-rendered prompt (a second BOS)
+        token_prompts = [{"prompt_token_ids": encode_prompt(self.tokenizer, text)} for text in prompts]
+        outputs = self.llm.generate(token_prompts, sampling, use_tqdm=False)
         return [[Sample(text=c.text, token_ids=list(c.token_ids), prompt_tokens=len(o.prompt_token_ids),
                         logprobs=[lp[t].logprob for t, lp in zip(c.token_ids, c.logprobs or [])])
                  for c in o.outputs] for o in outputs]

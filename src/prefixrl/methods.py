@@ -28,7 +28,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from prefixrl.flops import FlopsLedger
-from prefixrl.models import load_model, n_params, sequence_logprobs
+from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
 from prefixrl.adaptive import AdaptiveConfig, AdaptivePrefixes
 from prefixrl.prefixes import PrefixConfig, hint_rows, render_prompt
 from prefixrl.tasks import Problem, Task, problems_by_id
@@ -132,10 +132,10 @@ def off_policy_traces(model_path: str, traces: list[dict], problems: dict[str, P
         if recorded and list(trace.get("token_ids") or []) == ids and len(recorded) == len(ids):
             logprobs[pid] = list(recorded)
         else:
-            prompt = render_prompt(tokenizer, problems[pid].prompt, "")
+            prompt = render_prompt(tokenizer, problems[pid].prompt)  # the unprefixed row's, as the trainer's
             logprobs[pid] = sequence_logprobs(model, tokenizer, prompt, ids, cfg.temperature)
             ledger.add("behaviour_forward", n_params=n_params(model),
-                       inference_tokens=len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + len(ids))
+                       inference_tokens=len(encode_prompt(tokenizer, prompt)) + len(ids))
         token_ids[pid] = ids
     return OffPolicyTraces(weight=weight, token_ids=token_ids, behaviour_logprobs=logprobs,
                            is_truncation=cfg.is_truncation, luffy_gamma=cfg.luffy_gamma)

@@ -71,10 +71,20 @@ def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """The token ids of a rendered prompt (`prefixes.render_prompt`), the same for every sampler,
+    the trainer and the SFT stage. A chat-rendered prompt already holds every special token its
+    template writes (Llama-3's <|begin_of_text|>), so none is added, as `apply_chat_template` does
+    when it tokenizes; a base model's prompt gets the tokenizer's own (a BOS, if it adds one).
+    Either way the BOS comes once."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
+
+
 @torch.no_grad()
 def sequence_logprobs(model, tokenizer, prompt: str, ids: list[int], temperature: float = 1.0) -> list[float]:
-    """log p(ids | prompt) per token under `model` at `temperature`."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    """log p(ids | prompt) per token under `model` at `temperature`; `prompt` is a rendered one."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
     input_ids = torch.tensor([prompt_ids + ids], device=model.device)
     logits = model(input_ids=input_ids).logits[0, len(prompt_ids) - 1:-1].float() / temperature
     return logits.log_softmax(-1).gather(-1, input_ids[0, len(prompt_ids):, None]).squeeze(-1).tolist()

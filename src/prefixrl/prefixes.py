@@ -10,11 +10,12 @@ same prefixes in the user turn instead (`hint_rows`), and the policy writes a wh
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from prefixrl.files import AppendLog, progress_bar
+from prefixrl.files import AppendLog, InputError, progress_bar
 from prefixrl.generate import Sampler, stable_seed
+from prefixrl.models import encode_prompt
 from prefixrl.tasks import Problem, Task
 
 
@@ -29,6 +30,10 @@ class PrefixConfig:
     band: tuple[float, float] = (0.2, 0.8)  # adaptive: target success rate of the prefixed problem
     snap: str | None = None  # cut only where a step starts: this separator (" " or "\n"); None: anywhere
     unprefixed_per_problem: int = 1  # unprefixed copies per problem: 3 cuts + 1 = the paper's 3:1 mix
+    # tokens a prompt may have (rendered problem + prefix); None: no limit, or (CLI, adaptive) the
+    # policy's context window less the completion length (with_context_limit)
+    max_prompt_length: int | None = None
+    on_too_long: str = "error"  # a longer prompt: "error" (refused) | "truncate" (a shorter prefix, recorded)
     seed: int = 0
 
     def __post_init__(self):
@@ -42,6 +47,22 @@ class PrefixConfig:
             raise ValueError(f"PrefixConfig.fractions must lie in [0, 1], got {self.fractions}")
         if self.policy == "tokens" and not self.token_counts:
             raise ValueError("PrefixConfig.policy 'tokens' needs token_counts")
+        if self.on_too_long not in ("error", "truncate"):
+            raise ValueError(f"PrefixConfig.on_too_long must be error or truncate, got {self.on_too_long!r}")
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"PrefixConfig.max_prompt_length must be >= 1, got {self.max_prompt_length}")
+
+
+def with_context_limit(cfg: PrefixConfig, model, max_completion_length: int) -> PrefixConfig:
+    """cfg, with max_prompt_length (if unset) what the policy's context window leaves for the
+    prompt after max_completion_length generated tokens."""
+    window = getattr(model.config, "max_position_embeddings", None)
+    if cfg.max_prompt_length is not None or window is None:
+        return cfg
+    if window <= max_completion_length:
+        raise ValueError(f"max_completion_length {max_completion_length} leaves no room for a prompt in the "
+                         f"policy's context window of {window} tokens: generate fewer tokens")
+    return replace(cfg, max_prompt_length=window - max_completion_length)
 
 
 def token_offsets(tokenizer, text: str) -> list[tuple[int, int]]:
@@ -54,13 +75,24 @@ def prefix_at(text: str, offsets: list[tuple[int, int]], h: int) -> str:
     return text[:offsets[h - 1][1]] if h > 0 else ""
 
 
-def cut(tokenizer, completion: str, fraction: float) -> tuple[str, int]:
-    """(prefix text, h): the first h = round(fraction * len) policy tokens of a trace."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"prefix fraction must be in [0, 1], got {fraction}")
-    offsets = token_offsets(tokenizer, completion)
-    h = round(fraction * len(offsets))
-    return prefix_at(completion, offsets, h), h
+def fit_prefix(tokenizer, problem_prompt: str, h: int, cfg: PrefixConfig, name: str) -> int:
+    """h, if the rendered problem and a prefix of h policy tokens fit in cfg.max_prompt_length
+    tokens. A longer prompt is refused with an InputError naming `name` (the trace), or, with
+    on_too_long="truncate", given a shorter cut: the prefix keeps its first tokens."""
+    head = len(encode_prompt(tokenizer, render_prompt(tokenizer, problem_prompt)))
+    limit = cfg.max_prompt_length
+    if limit is None or head + h <= limit:
+        return h
+    if head > limit:
+        raise InputError(f"{name}: the rendered problem alone is {head} tokens, over max_prompt_length {limit}: "
+                         "generate fewer tokens (max_completion_length) or leave the problem out")
+    if cfg.on_too_long == "error":
+        raise InputError(
+            f"{name}: the prefixed prompt would be {head + h} tokens (problem {head} + prefix {h}), over "
+            f"max_prompt_length {limit} (as given, or the policy's context window less max_completion_length): "
+            "cut such prefixes shorter with --on-too-long truncate (PrefixConfig.on_too_long), or generate "
+            "fewer tokens (max_completion_length)")
+    return limit - head
 
 
 def cut_points(cfg: PrefixConfig, text: str, offsets: list[tuple[int, int]], rng: random.Random) -> list[int]:
@@ -92,12 +124,14 @@ def adaptive_fractions(calibration: list[dict], band: tuple[float, float]) -> di
     return chosen
 
 
-def render_prompt(tokenizer, problem_prompt: str, prefix: str) -> str:
-    """The prompt the policy continues: the prompt it answers from (base models: the problem; chat
-    models: the chat template's generation prompt), then the prefix verbatim, just as if the policy
-    had written the prefix itself. (Re-rendering the prefix as an assistant turn with
-    continue_final_message does not: Qwen3-style templates insert an empty <think></think> block
-    before it, Llama-3-style ones trim its leading space.)"""
+def render_prompt(tokenizer, problem_prompt: str, prefix: str = "") -> str:
+    """The prompt the policy continues, the one every stage samples and trains from (screen,
+    collect, calibrate, train, evaluate; tokenized by models.encode_prompt): the prompt it answers
+    from (base models: the problem; chat models: the chat template's generation prompt, whatever
+    it opens, e.g. "<think>\n"), then the prefix verbatim, just as if the policy had written the
+    prefix itself. (Re-rendering the prefix as an assistant turn with continue_final_message does
+    not: Qwen3-style templates drop a <think> block from an assistant turn's text or insert an empty
+    <think></think> before it, Llama-3-style ones trim its leading space.)"""
     if not getattr(tokenizer, "chat_template", None):
         return problem_prompt + prefix
     messages = [{"role": "user", "content": problem_prompt}]
@@ -111,9 +145,10 @@ def render_hint(tokenizer, problem_prompt: str, hint: str) -> str:
     """The `hint` baseline's prompt (BREAD-style): the prefix is shown as a hint in the user's turn,
     and the policy answers from the generation prompt, writing a whole solution of its own. Base
     models: the hint on a line of its own before the problem."""
+    hint = hint if hint[:1].isspace() else " " + hint  # one space after the colon, unless the trace has one
     if not getattr(tokenizer, "chat_template", None):
-        return f"{HINT}{hint}\n{problem_prompt}"  # the hint verbatim: traces often start with a space
-    messages = [{"role": "user", "content": f"{problem_prompt}\n\n{HINT} {hint}"}]
+        return f"{HINT}{hint}\n{problem_prompt}"
+    messages = [{"role": "user", "content": f"{problem_prompt}\n\n{HINT}{hint}"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -121,7 +156,8 @@ def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem
                       cfg: PrefixConfig | None = None, calibration: list[dict] | None = None) -> list[dict]:
     """Training rows: `cuts_per_trace` prefixed rows per trace and `unprefixed_per_problem` plain
     rows per problem with a trace. Each row keeps its problem id, prefix fraction and prefix
-    token count, so every metric can be split by them."""
+    token count (after fit_prefix), so every metric can be split by them. Traces are text,
+    whichever model wrote them: they are cut in this tokenizer's (the policy's) tokens."""
     cfg = cfg or PrefixConfig()
     if cfg.policy == "adaptive":
         if calibration is None:
@@ -144,9 +180,11 @@ def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem
         else:
             points = cut_points(cfg, text, offsets, rng)
         for h in points:
+            h = fit_prefix(tokenizer, problems[pid].prompt, h, cfg, f"trace {index} (problem {pid!r})")
             prefix = prefix_at(text, offsets, h)
             rows.append(_row(tokenizer, problems[pid], prefix, h, h / max(1, len(offsets)), index))
     for pid in with_trace:
+        fit_prefix(tokenizer, problems[pid].prompt, 0, cfg, f"problem {pid!r}")  # the plain prompt must fit too
         rows += [_row(tokenizer, problems[pid], "", 0, 0.0, None)] * cfg.unprefixed_per_problem
     return rows
 
@@ -174,9 +212,11 @@ def hint_rows(tokenizer, rows: list[dict], problems: dict[str, Problem]) -> list
 
 def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], problems: dict[str, Problem],
               out_dir: str | Path, fractions: tuple[float, ...] = tuple(i / 10 for i in range(11)),
-              n: int = 64, seed: int = 0, quiet: bool = False) -> list[dict]:
+              n: int = 64, seed: int = 0, quiet: bool = False, cfg: PrefixConfig | None = None) -> list[dict]:
     """Success rate of n samples conditioned on each prefix fraction of each trace (resumable:
-    one line of `calibration.jsonl` per trace)."""
+    one line of `calibration.jsonl` per trace), the prefixes held to cfg's prompt limit as the
+    rows' are (fit_prefix)."""
+    cfg = cfg or PrefixConfig()
     log = AppendLog(Path(out_dir) / "calibration.jsonl")
     done = {row["trace"] for row in log.rows}
     with progress_bar(disable=quiet) as bar:
@@ -184,8 +224,11 @@ def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], probl
         for index, trace in enumerate(traces):
             if index in done:
                 continue
-            problem = problems[trace["problem_id"]]
-            cuts = [cut(tokenizer, trace["completion"], f) for f in fractions]
+            problem, text = problems[trace["problem_id"]], trace["completion"]
+            offsets = token_offsets(tokenizer, text)
+            points = [fit_prefix(tokenizer, problem.prompt, round(f * len(offsets)), cfg,
+                                 f"trace {index} (problem {problem.id!r})") for f in fractions]
+            cuts = [(prefix_at(text, offsets, h), h) for h in points]
             samples = sampler.generate([render_prompt(tokenizer, problem.prompt, prefix) for prefix, _ in cuts], n,
                                        seed=stable_seed(seed, f"{trace['problem_id']}:{index}"))
             rows = []

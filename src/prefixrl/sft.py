@@ -1,10 +1,11 @@
 """The `sft-rl` baseline's first stage: supervised fine-tuning on the off-policy traces (TRL `SFTTrainer`).
 
 The baseline imitates the correct traces that PrefixRL only conditions on, then runs plain RL
-from the result (elsewhere). Each example is a prompt-completion pair: the prompt the policy is
-sampled from (`render_prompt` with no prefix, so chat models get their template) and the trace's
-text. The loss covers only the completion, and the <eos> SFTTrainer appends to it, so the model
-also learns to stop where the trace stops.
+from the result (elsewhere). Each example is tokenized here, as the RL stage lays out a sample:
+the token ids of the prompt the policy is sampled from (`render_prompt` with no prefix, so chat
+models get their template; `encode_prompt`), then the trace's tokens and an <eos>. The loss covers
+only the trace and its <eos> (`completion_mask`), so the model also learns to stop where the trace
+stops.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from prefixrl.flops import FlopsLedger
-from prefixrl.models import load_model, n_params
+from prefixrl.models import encode_prompt, load_model, n_params
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Problem, Task
@@ -43,7 +44,9 @@ class SFTStageConfig:
 
 
 def sft_examples(tokenizer, traces: list[dict], problems: dict[str, Problem]) -> list[dict]:
-    """One (prompt, completion) pair per trace: the unprefixed prompt, then the whole trace."""
+    """One tokenized example per trace: the unprefixed prompt, then the whole trace and <eos>,
+    which alone are trained (SFTTrainer tokenizing text itself would add a second BOS to a chat
+    template that writes one)."""
     if not traces:
         raise ValueError("no traces to fine-tune on: collect or import some first (prefixrl collect / import)")
     examples = []
@@ -51,8 +54,10 @@ def sft_examples(tokenizer, traces: list[dict], problems: dict[str, Problem]) ->
         pid = trace["problem_id"]
         if pid not in problems:
             raise ValueError(f"trace {index} is for problem {pid!r}, which is not among the problems given")
-        prompt = render_prompt(tokenizer, problems[pid].prompt, "")
-        examples.append({"prompt": prompt, "completion": trace["completion"]})
+        prompt_ids = encode_prompt(tokenizer, render_prompt(tokenizer, problems[pid].prompt))
+        trace_ids = tokenizer(trace["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        examples.append({"input_ids": prompt_ids + trace_ids,
+                         "completion_mask": [0] * len(prompt_ids) + [1] * len(trace_ids)})
     return examples
 
 

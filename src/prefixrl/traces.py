@@ -20,6 +20,7 @@ from pathlib import Path
 from prefixrl.files import AppendLog, InputError, atomic_write_text, iter_jsonl, progress_bar, read_jsonl, write_jsonl
 from prefixrl.flops import FlopsLedger, inference_flops
 from prefixrl.generate import Sampler, stable_seed
+from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id
 
@@ -74,7 +75,8 @@ def collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str 
             group = todo[:per_call]
             t0 = time.time()
             key = f"{group[0].id}:{progress[group[0].id].samples}:{len(group)}"
-            samples = sampler.generate([p.prompt for p in group], cfg.attempts_per_round, seed=stable_seed(cfg.seed, key))
+            prompts = [render_prompt(sampler.tokenizer, p.prompt) for p in group]
+            samples = sampler.generate(prompts, cfg.attempts_per_round, seed=stable_seed(cfg.seed, key))
             wall = (time.time() - t0) / len(group)
             events = [_round_event(task, p, s, progress[p.id], cfg, wall, source, sampler) for p, s in zip(group, samples)]
             log.append({"events": events})  # one line per round: a kill never splits a round

@@ -35,7 +35,7 @@ from prefixrl.evaluate import score_problems
 from prefixrl.files import AppendLog, atomic_write_text
 from prefixrl.flops import FlopsLedger, inference_flops, train_flops
 from prefixrl.generate import HFSampler, SamplingParams
-from prefixrl.models import load_model, n_params, sequence_logprobs
+from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id
 
@@ -141,6 +141,11 @@ class PrefixRLTrainer(GRPOTrainer):
         if self.off_policy:
             out.update(self._off_policy_columns(inputs, out["completion_ids"].shape[1]))
         return out
+
+    def _tokenize_prompts(self, prompts):
+        # the samplers' token ids (encode_prompt): TRL adds special tokens to text prompts, a second
+        # BOS after a chat template that writes one
+        return [encode_prompt(self.processing_class, prompt) for prompt in prompts], None, {}
 
     def _generate(self, prompts):
         result = super()._generate(prompts)
