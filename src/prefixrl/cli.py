@@ -288,6 +288,40 @@ def experiment(config: Path = typer.Argument(..., help="Experiment configuration
         console.print(f"[bold]{claim['status']}[/bold]: {claim['claim']} ({claim['evidence']})")
 
 
+@app.command()
+def estimate(config: Path = typer.Argument(..., help="A run config (e.g. configs/paper-llama8b.yaml, or a run's config.json)."),
+             params: Optional[float] = typer.Option(None, help="N, the model's parameters (default: the config's "
+                                                    "`params:`, a local config.json, or the built-in table)."),
+             trace_params: Optional[float] = typer.Option(None, help="N of the trace_model, if the config has one."),
+             prompt_tokens: float = typer.Option(200, help="Assumed mean prompt tokens (chat template included)."),
+             generated_share: float = typer.Option(0.5, help="Assumed mean generated tokens, as a share of the max."),
+             hard_share: float = typer.Option(0.25, help="Assumed share of screened problems that are hard."),
+             attempts: float = typer.Option(650, help="Assumed samples paid per hard problem in rejection sampling."),
+             solved_share: float = typer.Option(1.0, help="Assumed share of hard problems that get a trace."),
+             heldout: int = typer.Option(60, help="Held-out problems available for evaluation."),
+             screened: Optional[int] = typer.Option(None, help="Problems screened (default: the config's screen.limit)."),
+             gpu: str = typer.Option("H100 SXM", help="Name of the accelerator (for the printout)."),
+             peak_tflops: float = typer.Option(989.0, help="Its peak dense bf16 TFLOP/s."),
+             train_mfu: float = typer.Option(0.40, help="Model FLOPs utilisation of updates."),
+             generate_mfu: float = typer.Option(0.10, help="Model FLOPs utilisation of sampling."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """FLOPs and GPU-hours of each stage (screen, collect, train, evaluate) of a config, from the FLOPs ledger."""
+    from prefixrl.estimate import Assumptions, Hardware, estimate_file, print_estimate
+
+    try:
+        result = estimate_file(config, Assumptions(prompt_tokens=prompt_tokens, generated_share=generated_share,
+                                                   hard_share=hard_share, attempts=attempts, solved_share=solved_share,
+                                                   heldout=heldout, screened=screened),
+                               Hardware(name=gpu, peak_tflops=peak_tflops, train_mfu=train_mfu, generate_mfu=generate_mfu),
+                               params=params, trace_params=trace_params)
+    except (ValueError, InputError) as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_estimate(result, console)
+
+
 def _print_dict(title: str, values: dict) -> None:
     table = Table(title=title, show_header=False)
     for key, value in values.items():
