@@ -322,6 +322,46 @@ def estimate(config: Path = typer.Argument(..., help="A run config (e.g. configs
         print_estimate(result, console)
 
 
+export_app = typer.Typer(help="Write prefixrl's data for other RL engines.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("verl")
+def export_verl(data: Path = typer.Argument(..., help="Training rows from `prefixrl prefixes` (train.jsonl)."),
+                out: Path = typer.Option(..., help="Output folder for the Parquet files, reward.py and run_verl.sh."),
+                task: str = TASK,
+                heldout: Optional[str] = typer.Option(None, help="Held-out problems to validate on too: a split "
+                                                      "name or JSONL (needs --model to render them)."),
+                model: Optional[str] = typer.Option(None, help="The policy: its chat template renders --heldout, "
+                                                    "and run_verl.sh names it.")):
+    """verl's Parquet format (prompt ending with the prefix) and a matching compute_score reward."""
+    from prefixrl.export import export_verl as run
+    from prefixrl.files import read_jsonl
+    from prefixrl.models import resolve_model
+    from prefixrl.tasks import load_problems, load_task, problems_by_id
+
+    try:
+        the_task = load_task(task)
+        rows = read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed"))
+        model_path = resolve_model(model) if model else "MODEL"
+        pairs = None
+        if heldout:
+            if not model:
+                raise InputError("--heldout needs --model: held-out prompts are rendered with the policy's chat template")
+            from transformers import AutoTokenizer
+
+            from prefixrl.prefixes import render_prompt
+
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            pairs = [(p, render_prompt(tokenizer, p.prompt, "")) for p in load_problems(the_task, heldout)]
+        counts = run(rows, the_task, problems_by_id(the_task), out, heldout=pairs, model=model_path)
+    except (ValueError, InputError) as err:
+        _fail(err)
+    console.print(f"wrote {', '.join(f'{name} ({n} rows)' for name, n in counts.items())}, reward.py and run_verl.sh "
+                  f"to {out}")
+    console.print(f"train on verl: MODEL=<the policy> bash {out / 'run_verl.sh'} trainer.n_gpus_per_node=8")
+
+
 def _print_dict(title: str, values: dict) -> None:
     table = Table(title=title, show_header=False)
     for key, value in values.items():
