@@ -102,6 +102,8 @@ def test_params_sources(tmp_path):
         model_params("some/unknown-model")
     config = {k: v for k, v in SMALL_CONFIG.items() if k != "params"}
     assert estimate_file(write_config(tmp_path, config), SMALL_ASSUMPTIONS)["params"] == n_params(model)
+    extra = {**config, "task_args": {"train": "data/train.jsonl"}, "train": {**config["train"], "future_knob": 1}}
+    assert estimate_file(write_config(tmp_path, extra), SMALL_ASSUMPTIONS)["ignored_keys"] == ["task_args", "train.future_knob"]
     with pytest.raises(InputError, match="--screened"):
         estimate_file(write_config(tmp_path, {**config, "screen": {"limit": None}}))
 

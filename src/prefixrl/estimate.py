@@ -129,7 +129,7 @@ def estimate(cfg, n_params: int, a: Assumptions | None = None, hw: Hardware | No
                          "say how many with --screened N")
     hard = screened * a.hard_share
     solved = hard * a.solved_share
-    heldout = min(a.heldout, solved)  # the demo evaluates as many held-out problems as it trained on
+    heldout = min(a.heldout, solved)  # the demo evaluates at most as many held-out problems as it trains on
     t = cfg.train
     rows = []
 
@@ -154,7 +154,8 @@ def estimate(cfg, n_params: int, a: Assumptions | None = None, hw: Hardware | No
     if t.beta:  # train.py's reference forward pass
         add("train", "reference forward (beta > 0)", samples, t.max_completion_length, n_params)
     problems = solved + heldout
-    evals = 1 + (t.steps // t.eval_every if t.eval_every else 0) + (0 if t.eval_every and t.steps % t.eval_every == 0 else 1)
+    # train.py evaluates at step 0, every eval_every steps, and after the last step if not just done
+    evals = 1 + (t.steps // t.eval_every if t.eval_every else 0) + (not t.eval_every or t.steps % t.eval_every > 0)
     add("evaluate", f"during training: {evals} x {problems:,.0f} problems x {t.eval_n}", evals * problems * t.eval_n,
         t.max_completion_length, n_params)
     e = cfg.evaluate
@@ -163,7 +164,8 @@ def estimate(cfg, n_params: int, a: Assumptions | None = None, hw: Hardware | No
     add("evaluate", f"calibration: 2 policies x {traces:,.0f} traces x {CALIBRATION_FRACTIONS} x {e.calibration_n}",
         2 * traces * CALIBRATION_FRACTIONS * e.calibration_n, max_new, n_params)
     counts = {"screened": screened, "hard": hard, "solved": solved, "heldout": heldout}
-    return {"counts": counts, "rows": rows, "total": {key: sum(r[key] for r in rows) for key in ("tokens", "flops", "gpu_hours")}}
+    total = {key: sum(r[key] for r in rows) for key in ("tokens", "flops", "gpu_hours")}
+    return {"counts": counts, "rows": rows, "total": total}
 
 
 def estimate_file(path: str | Path, a: Assumptions | None = None, hw: Hardware | None = None,

@@ -62,7 +62,9 @@ def verl_row(task: Task, problem: Problem, prompt: str, prefix: str, split: str,
     if not prompt.endswith(prefix):
         raise InputError(f"row {index} ({problem.id}): its prompt does not end with its prefix")
     row = row or {}
-    messages = [{"role": "user", "content": problem.prompt}] + ([{"role": "assistant", "content": prefix}] if prefix else [])
+    messages = [{"role": "user", "content": problem.prompt}]
+    if prefix:
+        messages.append({"role": "assistant", "content": prefix})  # unfinished: the policy continues it
     return {
         "data_source": f"prefixrl/{task.name}",
         "prompt": [{"role": "user", "content": prompt}],
@@ -95,7 +97,8 @@ def export_verl(rows: list[dict], task: Task, problems: dict[str, Problem], out:
            for i, (pid, r) in enumerate(first.items())]
     files = {"train.parquet": train, "val.parquet": val}
     if heldout:
-        files["heldout.parquet"] = [verl_row(task, p, prompt, "", "heldout", i) for i, (p, prompt) in enumerate(heldout)]
+        files["heldout.parquet"] = [verl_row(task, p, prompt, "", "heldout", i)
+                                    for i, (p, prompt) in enumerate(heldout)]
     for name, table in files.items():
         _write_parquet(out / name, table)
     shutil.copyfile(Path(__file__).with_name("verl_reward.py"), out / "reward.py")

@@ -36,7 +36,8 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
     if not extra_info or "problem" not in extra_info:
         raise ValueError(f"a row of data source {data_source!r} has no prefixrl problem in extra_info: "
                          "this reward scores rows written by `prefixrl export verl`")
+    task = _task(extra_info["task"])  # first: its ImportError says how to install prefixrl
     from prefixrl.tasks import Problem
 
     problem = Problem.from_dict(json.loads(extra_info["problem"]))
-    return float(_task(extra_info["task"]).verify(problem, (extra_info.get("prefix") or "") + solution_str).reward)
+    return float(task.verify(problem, (extra_info.get("prefix") or "") + solution_str).reward)
