@@ -165,3 +165,53 @@ def test_cli(chain_task, tmp_path):
     assert no_model.exit_code == 2 and "--model" in no_model.output
     wrong_task = runner.invoke(app, ["export", "verl", str(data), "--task", "sort", "--out", str(tmp_path / "y")])
     assert wrong_task.exit_code == 2 and "--task" in wrong_task.output and not (tmp_path / "y").exists()
+
+
+def test_with_verl_itself(chain_task, tmp_path):
+    """Where verl is installed (checked with verl 0.9.1): its dataset class reads the files, its
+    rollout tokenizer (Continuous Token builders) with the identity template gives prefixrl's
+    prompt ids, and its reward loader loads reward.py and scores a prefixed row."""
+    rl_dataset = pytest.importorskip("verl.utils.dataset.rl_dataset")
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    rows = make_rows(chain_task, tokenizer, n=2)
+    export_verl(rows, chain_task, problems_by_id(chain_task), tmp_path)
+    config = OmegaConf.create({"max_prompt_length": 1024, "filter_overlong_prompts_workers": 1})
+    item = rl_dataset.RLHFDataset(str(tmp_path / "train.parquet"), tokenizer, config)[1]
+    assert item["raw_prompt"] == [{"role": "user", "content": rows[1]["prompt"]}]
+    tokenizer.chat_template = IDENTITY_TEMPLATE
+    expected = tokenizer(rows[1]["prompt"], add_special_tokens=False)["input_ids"]
+    for model_type in ("llama", "qwen3"):
+        builder = create_continuous_token_builder(tokenizer, hf_model_type=model_type)
+        assert builder.build_initial_tokens(list(item["raw_prompt"])) == expected
+    reward = {"custom_reward_function": {"path": str(tmp_path / "reward.py"), "name": "compute_score"}}
+    compute_score = get_custom_reward_fn(OmegaConf.create({"reward": reward}))
+    solution = solve_chain(problems_by_id(chain_task)[rows[1]["problem_id"]].prompt)
+    continuation = solution[len(rows[1]["prefix"]):]
+    assert compute_score(data_source=item["data_source"], solution_str=continuation,
+                         ground_truth=item["reward_model"]["ground_truth"], extra_info=item["extra_info"]) == 1.0
+
+
+def test_run_script_composes_with_verls_config(exported):
+    """Where verl and Hydra are installed: every option run_verl.sh sets exists in verl's
+    ppo_trainer config (checked with verl 0.9.1), the identity template survives Hydra's quoting."""
+    import shlex
+    from pathlib import Path
+
+    pytest.importorskip("verl.trainer")
+    hydra = pytest.importorskip("hydra")
+    import verl
+
+    out, _, _ = exported
+    script = (out / "run_verl.sh").read_text()
+    body = script.split("python3 -m verl.trainer.main_ppo", 1)[1].replace("\\\n", " ").replace('"$@"', "")
+    overrides = [o.replace('"$MODEL"', "some/model") for o in shlex.split(body)]
+    with hydra.initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
+        cfg = hydra.compose("ppo_trainer", overrides=overrides)
+    assert cfg.actor_rollout_ref.model.custom_chat_template == IDENTITY_TEMPLATE
+    assert cfg.custom_reward_function.path == str(out.resolve() / "reward.py")
+    assert (cfg.actor_rollout_ref.rollout.n, cfg.data.train_batch_size, cfg.algorithm.norm_adv_by_std_in_grpo) == (8, 128, False)

@@ -16,7 +16,8 @@ Two things PrefixRL needs, and how they map onto verl:
   template, `actor_rollout_ref.model.custom_chat_template="{{ messages[0].content }}"` (the
   rollout workers apply it; verl's driver-side length filter does not, so it counts a few
   template tokens too many). The real messages (the problem as the user's turn, the prefix as
-  the assistant's) are kept in extra_info["messages"].
+  the assistant's) are kept in extra_info["messages"]. Checked with verl 0.9.1: its dataset reads
+  the files and its rollout tokenizer (the Continuous Token builders) gives prefixrl's prompt ids.
 - The reward scores prefix + continuation: reward.py prepends extra_info["prefix"] to verl's
   response and verifies with the task's own verifier. extra_info also keeps the problem id,
   prefix fraction, prefix tokens and trace index, so verl's logs can be split by them.
@@ -123,9 +124,9 @@ def run_script(out: Path, model: str, longest_prefix: int, heldout: bool = False
     val = f"[{data}/val.parquet,{data}/heldout.parquet]" if heldout else f"{data}/val.parquet"
     return f"""#!/usr/bin/env bash
 # PrefixRL on verl, written by `prefixrl export verl`. MODEL must be the policy whose tokenizer rendered
-# the prompts. Option names as in verl's main branch (2026); GPUs, parallelism and micro-batch sizes: append
-# them (e.g. trainer.n_gpus_per_node=8). Check the first rollout ends with the prefix, e.g. with
-# actor_rollout_ref.rollout.trace.token2text=True.
+# the prompts. The options compose with verl 0.9.1's ppo_trainer config; GPUs, parallelism and micro-batch
+# sizes: append them (e.g. trainer.n_gpus_per_node=8). With another verl version, check that the first
+# rollout's prompt ends with the prefix (actor_rollout_ref.rollout.trace.token2text=True).
 set -euo pipefail
 MODEL=${{MODEL:-{model}}}
 python3 -m verl.trainer.main_ppo \\
