@@ -292,6 +292,80 @@ def experiment(config: Path = typer.Argument(..., help="Experiment configuration
         console.print(f"[bold]{claim['status']}[/bold]: {claim['claim']} ({claim['evidence']})")
 
 
+@app.command()
+def estimate(config: Path = typer.Argument(..., help="A run config (e.g. configs/paper-llama8b.yaml, or a run's config.json)."),
+             params: Optional[float] = typer.Option(None, help="N, the model's parameters (default: the config's "
+                                                    "`params:`, a local config.json, or the built-in table)."),
+             trace_params: Optional[float] = typer.Option(None, help="N of the trace_model, if the config has one."),
+             prompt_tokens: float = typer.Option(200, help="Assumed mean prompt tokens (chat template included)."),
+             generated_share: float = typer.Option(0.5, help="Assumed mean generated tokens, as a share of the max."),
+             hard_share: float = typer.Option(0.25, help="Assumed share of screened problems that are hard."),
+             attempts: float = typer.Option(650, help="Assumed samples paid per hard problem in rejection sampling."),
+             solved_share: float = typer.Option(1.0, help="Assumed share of hard problems that get a trace."),
+             heldout: int = typer.Option(60, help="Held-out problems available for evaluation."),
+             screened: Optional[int] = typer.Option(None, help="Problems screened (default: the config's screen.limit)."),
+             gpu: str = typer.Option("H100 SXM", help="Name of the accelerator (for the printout)."),
+             peak_tflops: float = typer.Option(989.0, help="Its peak dense bf16 TFLOP/s."),
+             train_mfu: float = typer.Option(0.40, help="Model FLOPs utilisation of updates."),
+             generate_mfu: float = typer.Option(0.10, help="Model FLOPs utilisation of sampling."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """FLOPs and GPU-hours of each stage (screen, collect, train, evaluate) of a config, from the FLOPs ledger."""
+    from prefixrl.estimate import Assumptions, Hardware, estimate_file, print_estimate
+
+    try:
+        result = estimate_file(config, Assumptions(prompt_tokens=prompt_tokens, generated_share=generated_share,
+                                                   hard_share=hard_share, attempts=attempts, solved_share=solved_share,
+                                                   heldout=heldout, screened=screened),
+                               Hardware(name=gpu, peak_tflops=peak_tflops, train_mfu=train_mfu, generate_mfu=generate_mfu),
+                               params=params, trace_params=trace_params)
+    except (ValueError, InputError) as err:
+        _fail(err)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_estimate(result, console)
+
+
+export_app = typer.Typer(help="Write prefixrl's data for other RL engines.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("verl")
+def export_verl(data: Path = typer.Argument(..., help="Training rows from `prefixrl prefixes` (train.jsonl)."),
+                out: Path = typer.Option(..., help="Output folder for the Parquet files, reward.py and run_verl.sh."),
+                task: str = TASK,
+                heldout: Optional[str] = typer.Option(None, help="Held-out problems to validate on too: a split "
+                                                      "name or JSONL (needs --model to render them)."),
+                model: Optional[str] = typer.Option(None, help="The policy: its chat template renders --heldout, "
+                                                    "and run_verl.sh names it.")):
+    """verl's Parquet format (prompt ending with the prefix) and a matching compute_score reward."""
+    from prefixrl.export import export_verl as run
+    from prefixrl.files import read_jsonl
+    from prefixrl.models import resolve_model
+    from prefixrl.tasks import load_problems, load_task, problems_by_id
+
+    try:
+        the_task = load_task(task)
+        rows = read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed"))
+        model_path = resolve_model(model) if model else "MODEL"
+        pairs = None
+        if heldout:
+            if not model:
+                raise InputError("--heldout needs --model: held-out prompts are rendered with the policy's chat template")
+            from transformers import AutoTokenizer
+
+            from prefixrl.prefixes import render_prompt
+
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+            pairs = [(p, render_prompt(tokenizer, p.prompt, "")) for p in load_problems(the_task, heldout)]
+        counts = run(rows, the_task, problems_by_id(the_task), out, heldout=pairs, model=model_path)
+    except (ValueError, InputError) as err:
+        _fail(err)
+    console.print(f"wrote {', '.join(f'{name} ({n} rows)' for name, n in counts.items())}, reward.py and run_verl.sh "
+                  f"to {out}")
+    console.print(f"train on verl: MODEL=<the policy> bash {out / 'run_verl.sh'} trainer.n_gpus_per_node=8")
+
+
 def _print_dict(title: str, values: dict) -> None:
     table = Table(title=title, show_header=False)
     for key, value in values.items():
