@@ -22,7 +22,7 @@ from prefixrl.flops import FlopsLedger, inference_flops
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Problem, Task, problems_by_id
+from prefixrl.tasks import Problem, Task, problems_by_id, task_args
 
 
 @dataclass
@@ -91,8 +91,8 @@ def collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str 
     ledger.add("collect", n_params=sampler.n_params,
                inference_tokens=sum(p.prompt_tokens + p.generated_tokens for p in progress.values()))
     atomic_write_text(out_dir / "collect.json", json.dumps(summary, indent=2))
-    write_manifest(out_dir, stage="collect", config={"task": task.name, **asdict(cfg), "source": source,
-                   "sampling": vars(sampler.params)}, seed=cfg.seed, flops=summary["flops"],
+    write_manifest(out_dir, stage="collect", config={"task": task.name, "task_args": task_args(task), **asdict(cfg),
+                   "source": source, "sampling": vars(sampler.params)}, seed=cfg.seed, flops=summary["flops"],
                    wall_time_s=time.time() - start)
     return traces
 
