@@ -61,11 +61,19 @@ def strategy_of(task: Task, solution: str) -> str | None:
     return None
 
 
+def verify_all(task: Task, items: list[tuple[Problem, str]]) -> list[Verdict]:
+    """Verdicts for (problem, solution) pairs: through the task's `verify_many` when it has one
+    (the math task spreads them over its verifier processes), else one `verify` at a time."""
+    batch = getattr(task, "verify_many", None)
+    return batch(items) if batch is not None else [task.verify(problem, text) for problem, text in items]
+
+
 def builtin_tasks() -> dict[str, type]:
     from prefixrl.tasks.chain import ChainTask
+    from prefixrl.tasks.math import MathTask
     from prefixrl.tasks.sort import SortTask
 
-    return {"sort": SortTask, "chain": ChainTask}
+    return {"sort": SortTask, "chain": ChainTask, "math": MathTask}
 
 
 def load_task(name: str, **kwargs) -> Task:
