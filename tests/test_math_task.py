@@ -282,6 +282,7 @@ class FakeMathSampler:
         from prefixrl.generate import SamplingParams
 
         self.params, self.n_params = SamplingParams(batch_size=8), 1000
+        self.tokenizer = None  # no chat template: the stages' prompts are the problems
         self.answers = {p.prompt: (p.id, p.answer) for p in task.problems("train")}
         self.solves = solves
 
