@@ -129,8 +129,8 @@ class TimeoutPool:
                         try:
                             results[index] = worker.conn.recv()
                         except (EOFError, OSError):  # it crashed (e.g. killed for memory)
-                            results[index] = ("error", f"verifier worker died (exit code {worker.proc.exitcode})")
                             self._replace(worker)
+                            results[index] = ("error", f"verifier worker died (exit code {worker.proc.exitcode})")
                     elif time.monotonic() >= deadline:
                         results[index] = ("timeout", None)
                         self._replace(worker)  # it may never return: kill it
