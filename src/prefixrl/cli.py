@@ -24,6 +24,8 @@ app = typer.Typer(help="PrefixRL: RL on hard problems, conditioned on prefixes o
 console = Console()
 
 TASK = typer.Option("sort", "--task", "-t", help="Built-in task name, or `module:Class` of your own task.")
+TASK_ARGS = typer.Option([], "--task-arg", help="A task option KEY=VALUE (repeatable): numbers, true/false and "
+                         "[lists] are typed, other values are text. E.g. --task-arg train=data/train.jsonl.")
 BACKEND = typer.Option("hf", help="Generation backend: 'hf' (transformers) or 'vllm'.")
 TEMPERATURE = typer.Option(1.0, help="Sampling temperature.")
 MAX_NEW = typer.Option(160, help="Max tokens generated per sample.")
@@ -37,6 +39,12 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _task(name: str, pairs: list[str]):
+    from prefixrl.tasks import load_task, parse_task_args
+
+    return load_task(name, **parse_task_args(pairs))
+
+
 def _sampler(model: str, backend: str, temperature: float, max_new_tokens: int, batch_size: int):
     from prefixrl.generate import SamplingParams, make_sampler
     from prefixrl.models import resolve_model
@@ -47,6 +55,7 @@ def _sampler(model: str, backend: str, temperature: float, max_new_tokens: int, 
 
 @app.command()
 def pretrain(task: str = typer.Argument(..., help="Task whose base model to train."),
+             task_arg: list[str] = TASK_ARGS,
              out: Path = typer.Option(..., help="Folder for the model (save_pretrained format)."),
              steps: int = typer.Option(4000, help="Optimizer steps."),
              batch_size: int = typer.Option(32, help="Sequences per step."),
@@ -54,10 +63,9 @@ def pretrain(task: str = typer.Argument(..., help="Task whose base model to trai
              seed: int = SEED):
     """Train a task's tiny base model from random weights on its corpus of worked attempts."""
     from prefixrl.pretrain import PretrainConfig, pretrain as run
-    from prefixrl.tasks import load_task
 
     try:
-        path = run(load_task(task), out, PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
+        path = run(_task(task, task_arg), out, PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
     except (ValueError, InputError) as err:
         _fail(err)
     console.print(f"saved base model to {path}")
@@ -65,7 +73,7 @@ def pretrain(task: str = typer.Argument(..., help="Task whose base model to trai
 
 @app.command()
 def screen(model: str = typer.Argument(..., help="Model folder, or `builtin:TASK` for a shipped base model."),
-           task: str = TASK,
+           task: str = TASK, task_arg: list[str] = TASK_ARGS,
            problems: str = typer.Option("train", help="Split name or a JSONL file of problems."),
            n: int = typer.Option(512, help="Samples per problem."),
            k: Optional[int] = typer.Option(None, help="Hard means pass@k = 0 (default k = n)."),
@@ -74,10 +82,10 @@ def screen(model: str = typer.Argument(..., help="Model folder, or `builtin:TASK
            batch_size: int = BATCH, seed: int = SEED, quiet: bool = QUIET):
     """Sample n completions per problem, report pass@k, write the hard subset (hard.jsonl)."""
     from prefixrl.screen import screen as run
-    from prefixrl.tasks import load_problems, load_task
+    from prefixrl.tasks import load_problems
 
     try:
-        the_task = load_task(task)
+        the_task = _task(task, task_arg)
         hard = run(the_task, _sampler(model, backend, temperature, max_new_tokens, batch_size),
                    load_problems(the_task, problems), out, n=n, k=k, seed=seed, quiet=quiet)
     except (ValueError, InputError) as err:
@@ -88,7 +96,7 @@ def screen(model: str = typer.Argument(..., help="Model folder, or `builtin:TASK
 
 @app.command()
 def collect(model: str = typer.Argument(..., help="Model folder, or `builtin:TASK`."),
-            task: str = TASK,
+            task: str = TASK, task_arg: list[str] = TASK_ARGS,
             problems: str = typer.Option(..., help="JSONL of problems (e.g. screen's hard.jsonl) or a split."),
             out: Path = typer.Option(Path("runs/traces"), help="Output folder (resumes if it exists)."),
             max_attempts: int = typer.Option(2500, help="Cap on attempts per problem."),
@@ -97,11 +105,11 @@ def collect(model: str = typer.Argument(..., help="Model folder, or `builtin:TAS
             backend: str = BACKEND, temperature: float = TEMPERATURE, max_new_tokens: int = MAX_NEW,
             batch_size: int = BATCH, seed: int = SEED, quiet: bool = QUIET):
     """Rejection-sample verified-correct traces (resumable: rerun the same command after a kill)."""
-    from prefixrl.tasks import load_problems, load_task
+    from prefixrl.tasks import load_problems
     from prefixrl.traces import CollectConfig, collect as run
 
     try:
-        the_task = load_task(task)
+        the_task = _task(task, task_arg)
         cfg = CollectConfig(max_attempts=max_attempts, traces_per_problem=traces_per_problem,
                             attempts_per_round=attempts_per_round, seed=seed)
         run(the_task, _sampler(model, backend, temperature, max_new_tokens, batch_size),
@@ -116,15 +124,14 @@ def collect(model: str = typer.Argument(..., help="Model folder, or `builtin:TAS
 @app.command("import")
 def import_(store: Path = typer.Argument(..., help="Trace store folder (its traces.jsonl is extended)."),
             file: Path = typer.Option(..., "--file", "-f", help="JSONL, Parquet, or a saved `datasets` folder."),
-            task: str = TASK,
+            task: str = TASK, task_arg: list[str] = TASK_ARGS,
             problem_column: str = typer.Option("problem_id", help="Field that holds the problem id."),
             source: str = typer.Option("import", help="Where the traces came from (recorded per trace).")):
     """Add traces from other runs or model families: verified, deduplicated, rejects reported."""
-    from prefixrl.tasks import load_task
     from prefixrl.traces import import_traces
 
     try:
-        report = import_traces(load_task(task), store / "traces.jsonl", file, source=source,
+        report = import_traces(_task(task, task_arg), store / "traces.jsonl", file, source=source,
                                problem_column=problem_column)
     except (ValueError, InputError) as err:
         _fail(err)
@@ -135,7 +142,7 @@ def import_(store: Path = typer.Argument(..., help="Trace store folder (its trac
 
 @app.command()
 def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cuts the traces; calibration samples it)."),
-             task: str = TASK,
+             task: str = TASK, task_arg: list[str] = TASK_ARGS,
              traces: Path = typer.Option(..., help="Trace store (traces.jsonl)."),
              out: Path = typer.Option(Path("runs/prefixes"), help="Output folder."),
              policy: str = typer.Option("uniform", help="Cut policy: uniform (paper) | fixed | tokens | adaptive."),
@@ -160,11 +167,11 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
     from prefixrl.files import write_jsonl
     from prefixrl.models import load_model, resolve_model
     from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limit
-    from prefixrl.tasks import load_task, problems_by_id
+    from prefixrl.tasks import problems_by_id
     from prefixrl.traces import load_traces
 
     try:
-        the_task = load_task(task)
+        the_task = _task(task, task_arg)
         cfg = PrefixConfig(policy=policy, cuts_per_trace=cuts, low=low, high=high, fractions=list(fraction),
                            token_counts=list(tokens), band=band, snap=snap, unprefixed_per_problem=unprefixed,
                            max_prompt_length=max_prompt_length, on_too_long=on_too_long, seed=seed)
@@ -195,7 +202,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
 
 @app.command()
 def train(model: str = typer.Argument(..., help="The base policy: a model folder or builtin:TASK."),
-          task: str = TASK,
+          task: str = TASK, task_arg: list[str] = TASK_ARGS,
           data: Path = typer.Option(..., help="Training rows from `prefixrl prefixes` (train.jsonl)."),
           out: Path = typer.Option(Path("runs/train"), help="Run folder (resumes from its last checkpoint)."),
           method: str = typer.Option("prefixrl", help="prefixrl | prefixrl-only | rl | rl-n64 | sft-rl | "
@@ -221,12 +228,12 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
     from prefixrl.methods import run_method
     from prefixrl.models import resolve_model
     from prefixrl.sft import SFTStageConfig
-    from prefixrl.tasks import load_problems, load_task, problems_by_id
+    from prefixrl.tasks import load_problems, problems_by_id
     from prefixrl.traces import load_traces
     from prefixrl.train import TrainConfig
 
     try:
-        the_task = load_task(task)
+        the_task = _task(task, task_arg)
         rows = read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed"))
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
                           loss_type=loss_type, scale_rewards=scale_rewards, beta=beta, is_truncation=is_truncation,
@@ -245,7 +252,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
 
 @app.command()
 def evaluate(model: str = typer.Argument(..., help="Model folder, or `builtin:TASK`."),
-             task: str = TASK,
+             task: str = TASK, task_arg: list[str] = TASK_ARGS,
              problems: str = typer.Option("heldout", help="Split name or a JSONL file of problems."),
              n: int = typer.Option(256, help="Samples per problem (paper: 256)."),
              out: Path = typer.Option(Path("runs/eval"), help="Output folder (resumes if it exists)."),
@@ -253,10 +260,10 @@ def evaluate(model: str = typer.Argument(..., help="Model folder, or `builtin:TA
              max_new_tokens: int = MAX_NEW, batch_size: int = BATCH, seed: int = SEED, quiet: bool = QUIET):
     """Unbiased pass@k (k = 1, 2, 4, ..., n) on unprefixed problems."""
     from prefixrl.evaluate import evaluate as run
-    from prefixrl.tasks import load_problems, load_task
+    from prefixrl.tasks import load_problems
 
     try:
-        the_task = load_task(task)
+        the_task = _task(task, task_arg)
         result = run(the_task, _sampler(model, backend, temperature, max_new_tokens, batch_size),
                      load_problems(the_task, problems), n, out, seed=seed, quiet=quiet)
     except (ValueError, InputError) as err:

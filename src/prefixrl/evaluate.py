@@ -18,7 +18,7 @@ from prefixrl.files import AppendLog, atomic_write_text, progress_bar
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
-from prefixrl.tasks import Problem, Task, strategy_of
+from prefixrl.tasks import Problem, Task, strategy_of, verify_all
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -63,7 +63,7 @@ def score_problems(task: Task, sampler: Sampler, problems: list[Problem], n: int
 
 
 def _score_row(task: Task, problem: Problem, samples, n: int) -> dict:
-    verdicts = [task.verify(problem, s.text) for s in samples]
+    verdicts = verify_all(task, [(problem, s.text) for s in samples])
     correct = [s for s, v in zip(samples, verdicts) if v.reward > 0]
     strategies: dict[str, int] = {}
     for s in samples:

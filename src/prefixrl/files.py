@@ -53,6 +53,23 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | InputError]]:
                                          "fix or delete that line")
 
 
+def iter_records(path: str | Path) -> Iterator[tuple[int, dict | InputError]]:
+    """(line or row number, record or InputError) from JSONL, Parquet or a `datasets` folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir() or path.suffix == ".parquet":
+        import datasets
+
+        ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_parquet(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            raise InputError(f"{path}: holds several splits {list(ds)}; "
+                             f"give one split's folder (e.g. {path / next(iter(ds))})")
+        yield from enumerate(ds, 1)
+    else:
+        yield from iter_jsonl(path)
+
+
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
     """All rows of a JSONL file; the first bad line raises an error naming file, line and fix."""
     if not Path(path).exists():

@@ -34,6 +34,7 @@ class ScreenConfig:
 @dataclass
 class PipelineConfig:
     task: str = "chain"
+    task_args: dict = field(default_factory=dict)  # the task's options, e.g. {train: data/train.jsonl} for math
     model: str = "builtin:chain"  # a model folder, or builtin:TASK for the shipped base model
     seed: int = 0  # of the data stages (screening, collection, cut points)
     trace_model: str | None = None  # collect the traces with another model (cross-family); default: `model`
@@ -69,7 +70,9 @@ def build_config(cls, raw: dict, where: str):
 def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool = False) -> SimpleNamespace:
     """Screen for hard problems, collect a trace for each, cut prefixes; returns what later stages
     need (task, model_path, sampler, screened, hard, traces, solved, rows, collect_flops)."""
-    task = load_task(cfg.task)
+    if not isinstance(cfg.task_args, dict):
+        raise InputError(f"task_args must be a mapping of option: value, got {cfg.task_args!r}")
+    task = load_task(cfg.task, **cfg.task_args)
     model_path = resolve_model(cfg.model)
     sampler = make_sampler("hf", model_path, cfg.sampling)
     console.print(f"task {task.name}, model {cfg.model} ({sampler.n_params / 1e6:.2f} M parameters), "

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefixrl.files import AppendLog, InputError, progress_bar
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.models import encode_prompt
-from prefixrl.tasks import Problem, Task
+from prefixrl.tasks import Problem, Task, verify_all
 
 
 @dataclass
@@ -233,7 +233,7 @@ def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], probl
                                        seed=stable_seed(seed, f"{trace['problem_id']}:{index}"))
             rows = []
             for fraction, (prefix, h), group in zip(fractions, cuts, samples):
-                correct = sum(task.verify(problem, prefix + s.text).reward > 0 for s in group)
+                correct = sum(v.reward > 0 for v in verify_all(task, [(problem, prefix + s.text) for s in group]))
                 rows.append({"fraction": fraction, "prefix_tokens": h, "n": n, "correct": correct,
                              "tokens": sum(s.tokens for s in group)})  # read + generated: its FLOPs
             log.append({"trace": index, "problem_id": problem.id, "points": rows})

@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 from prefixrl.flops import FlopsLedger
 from prefixrl.models import TinyModelConfig, char_tokenizer, n_params, tiny_model
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Task
+from prefixrl.tasks import Task, task_args
 
 
 @dataclass
@@ -65,8 +65,8 @@ def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None)
     ledger = FlopsLedger(out_dir / "flops.json")
     ledger.add("pretrain", train_tokens=n_tokens, n_params=n_params(model))
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    write_manifest(out_dir, stage="pretrain", config={"task": task.name, **asdict(cfg)}, seed=cfg.seed,
-                   flops=ledger.total, wall_time_s=time.time() - start,
+    write_manifest(out_dir, stage="pretrain", config={"task": task.name, "task_args": task_args(task), **asdict(cfg)},
+                   seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start,
                    extra={"final_loss": losses[-1] if losses else None, "n_params": n_params(model)})
     return out_dir
 

@@ -18,7 +18,7 @@ from prefixrl.files import atomic_write_text, write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import Sampler
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Problem, Task
+from prefixrl.tasks import Problem, Task, task_args
 
 
 def screen(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str | Path, n: int = 512,
@@ -36,6 +36,6 @@ def screen(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str |
                "share_hard": len(hard) / max(1, len(problems)), **summarize(rows, default_ks(n))}
     atomic_write_text(out_dir / "screen.json", json.dumps(summary, indent=2))
     flops = FlopsLedger(out_dir / "flops.json").total
-    write_manifest(out_dir, stage="screen", config={"task": task.name, "n": n, "k": k,
-                   "sampling": vars(sampler.params)}, seed=seed, flops=flops, wall_time_s=time.time() - start)
+    write_manifest(out_dir, stage="screen", config={"task": task.name, "task_args": task_args(task), "n": n,
+                   "k": k, "sampling": vars(sampler.params)}, seed=seed, flops=flops, wall_time_s=time.time() - start)
     return hard

@@ -23,7 +23,7 @@ from prefixrl.flops import FlopsLedger
 from prefixrl.models import encode_prompt, load_model, n_params
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Problem, Task
+from prefixrl.tasks import Problem, Task, task_args
 
 
 @dataclass
@@ -94,7 +94,8 @@ def sft(task: Task, model_path: str, traces: list[dict], problems: dict[str, Pro
     tokens = sum(map(len, trainer.train_dataset["input_ids"]))  # prompt + completion + <eos>, as trained on
     ledger.add("sft", n_params=n_params(model), train_tokens=tokens * cfg.epochs)
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
-    write_manifest(out_dir, stage="sft", config={"task": task.name, "model": model_path, "traces": len(traces),
-                   **asdict(cfg)}, seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start,
+    write_manifest(out_dir, stage="sft", config={"task": task.name, "task_args": task_args(task), "model": model_path,
+                   "traces": len(traces), **asdict(cfg)}, seed=cfg.seed, flops=ledger.total,
+                   wall_time_s=time.time() - start,
                    extra={"final_loss": losses[-1] if losses else None, "tokens_per_epoch": tokens})
     return out_dir / "model"

@@ -17,12 +17,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prefixrl.files import AppendLog, InputError, atomic_write_text, iter_jsonl, progress_bar, read_jsonl, write_jsonl
+from prefixrl.files import AppendLog, InputError, atomic_write_text, iter_records, progress_bar, read_jsonl, write_jsonl
 from prefixrl.flops import FlopsLedger, inference_flops
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Problem, Task, problems_by_id
+from prefixrl.tasks import Problem, Task, problems_by_id, task_args
 
 
 @dataclass
@@ -91,8 +91,8 @@ def collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str 
     ledger.add("collect", n_params=sampler.n_params,
                inference_tokens=sum(p.prompt_tokens + p.generated_tokens for p in progress.values()))
     atomic_write_text(out_dir / "collect.json", json.dumps(summary, indent=2))
-    write_manifest(out_dir, stage="collect", config={"task": task.name, **asdict(cfg), "source": source,
-                   "sampling": vars(sampler.params)}, seed=cfg.seed, flops=summary["flops"],
+    write_manifest(out_dir, stage="collect", config={"task": task.name, "task_args": task_args(task), **asdict(cfg),
+                   "source": source, "sampling": vars(sampler.params)}, seed=cfg.seed, flops=summary["flops"],
                    wall_time_s=time.time() - start)
     return traces
 
@@ -163,7 +163,7 @@ def import_traces(task: Task, store: str | Path, source_file: str | Path, source
     traces = load_traces(store) if store.exists() else []
     seen = {(t["problem_id"], t["completion"]) for t in traces}
     added, rejected = 0, []
-    for line, record in _read_records(source_file):
+    for line, record in iter_records(source_file):
         reason = record if isinstance(record, InputError) else None
         if reason is None:
             trace, reason = _to_trace(task, problems, record, problem_column, source)
@@ -196,19 +196,3 @@ def _to_trace(task: Task, problems: dict[str, Problem], record: dict, problem_co
     return {"problem_id": problem.id, "prompt": problem.prompt, "completion": text, "token_ids": None,
             "logprobs": None, "origin": "import", "source": str(record.get("source") or source),
             "attempt": None, "sampling": None}, None
-
-
-def _read_records(path: str | Path):
-    """(line or row number, record or InputError) from JSONL, Parquet or a `datasets` folder."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    if path.is_dir() or path.suffix == ".parquet":
-        import datasets
-
-        ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_parquet(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            raise InputError(f"{path}: holds several splits {list(ds)}; import one split's folder")
-        yield from enumerate(ds, 1)
-    else:
-        yield from iter_jsonl(path)

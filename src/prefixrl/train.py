@@ -37,7 +37,7 @@ from prefixrl.flops import FlopsLedger, inference_flops, train_flops
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Problem, Task, problems_by_id
+from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
 
 # TRL calls transformers' renamed gradient_checkpointing API: its FutureWarnings say nothing to a
 # user (filtered here, not in the CLI, so experiment workers and scripts are quiet too)
@@ -80,8 +80,8 @@ def reward_function(task: Task, problems: dict[str, Problem]):
     """A TRL reward function: 1 if prefix + continuation is a correct solution, else 0."""
 
     def correct(prompts, completions, problem_id, prefix, **_) -> list[float]:
-        return [task.verify(problems[pid], pre + completion).reward
-                for pid, pre, completion in zip(problem_id, prefix, completions)]
+        items = [(problems[pid], pre + completion) for pid, pre, completion in zip(problem_id, prefix, completions)]
+        return [verdict.reward for verdict in verify_all(task, items)]
 
     return correct
 
@@ -431,7 +431,8 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         evaluator.evaluate(trainer.state.global_step)  # the final policy (a no-op if just evaluated)
     trainer.save_model(str(out_dir / "model"))
     tokenizer.save_pretrained(out_dir / "model")
-    write_manifest(out_dir, stage="train", config={"task": task.name, "model": model_path, **asdict(cfg)},
+    write_manifest(out_dir, stage="train", config={"task": task.name, "task_args": task_args(task),
+                   "model": model_path, **asdict(cfg)},
                    seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start)
     return out_dir / "model"
 

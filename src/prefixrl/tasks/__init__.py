@@ -8,6 +8,7 @@ A task is anything with the attributes of `Task` below. Built-in tasks are found
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -60,11 +61,19 @@ def strategy_of(task: Task, solution: str) -> str | None:
     return None
 
 
+def verify_all(task: Task, items: list[tuple[Problem, str]]) -> list[Verdict]:
+    """Verdicts for (problem, solution) pairs: through the task's `verify_many` when it has one
+    (the math task spreads them over its verifier processes), else one `verify` at a time."""
+    batch = getattr(task, "verify_many", None)
+    return batch(items) if batch is not None else [task.verify(problem, text) for problem, text in items]
+
+
 def builtin_tasks() -> dict[str, type]:
     from prefixrl.tasks.chain import ChainTask
+    from prefixrl.tasks.math import MathTask
     from prefixrl.tasks.sort import SortTask
 
-    return {"sort": SortTask, "chain": ChainTask}
+    return {"sort": SortTask, "chain": ChainTask, "math": MathTask}
 
 
 def load_task(name: str, **kwargs) -> Task:
@@ -82,12 +91,60 @@ def load_task(name: str, **kwargs) -> Task:
             raise ValueError(f"unknown task {name!r}: built-in tasks are {sorted(tasks)}; "
                              "a task of your own is given as `module:Class`.")
         cls = tasks[name]
+    _check_options(name, cls, kwargs)
     task = cls(**kwargs)
     missing = [a for a in ("name", "strategy_markers", "problems", "verify", "corpus")
                if not hasattr(task, a)]
     if missing:
         raise ValueError(f"task {name!r} lacks {missing}: see prefixrl.tasks.Task")
+    try:
+        task.task_args = dict(kwargs)  # recorded in run manifests: the run can be repeated
+    except AttributeError:  # a task class with __slots__ or read-only attributes
+        pass
     return task
+
+
+def task_args(task: Task) -> dict:
+    """The options a task was loaded with ({} if unknown)."""
+    return dict(getattr(task, "task_args", None) or {})
+
+
+def parse_task_args(pairs: list[str]) -> dict:
+    """`--task-arg KEY=VALUE` pairs as keyword arguments. A VALUE that YAML reads as a number, a
+    bool or a `[...]` list becomes one (`3`, `true`, `[7, 8]`), an empty one None; anything else is
+    kept verbatim (YAML would turn `Answer: \\boxed{}` into a mapping)."""
+    import yaml
+
+    kwargs = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--task-arg {pair!r}: expected KEY=VALUE, e.g. --task-arg train=data/train.jsonl")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        typed = value is None or isinstance(value, (bool, int, float)) or \
+            (isinstance(value, list) and text.lstrip().startswith("["))
+        kwargs[key.strip()] = value if typed else text
+    return kwargs
+
+
+def _check_options(name: str, cls: type, kwargs: dict) -> None:
+    """Unknown or missing task options, named with the options the task has."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):  # no signature to check against: let the call itself fail
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in kwargs
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if unknown or missing:
+        problem = f"has no option {unknown}" if unknown else f"needs the option {missing}"
+        raise ValueError(f"task {name!r} {problem}: its options are {list(params)}. Set one with "
+                         "--task-arg KEY=VALUE (in a config: task_args: {KEY: VALUE})")
 
 
 SPLITS = ("train", "heldout", "easy")
