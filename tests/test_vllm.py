@@ -79,7 +79,7 @@ def test_a_yaml_train_section_switches_vllm_on():
 def test_sampler_without_vllm_says_how_to_get_it(no_vllm, model_dir):
     from prefixrl.generate import make_sampler
 
-    with pytest.raises(ImportError, match=r"pip install 'prefixrl\[vllm\]'.*--backend hf"):
+    with pytest.raises(ImportError, match=r"vllm==0.31.0.*'On GPUs'.*--backend hf"):
         make_sampler("vllm", str(model_dir), SamplingParams())
 
 
@@ -96,7 +96,7 @@ def test_cli_without_vllm_fails_cleanly(no_vllm, command, model_dir, sort_task, 
                 "--use-vllm"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # an error line, no traceback
-    assert "vLLM is not installed" in result.output and "prefixrl[vllm]" in result.output
+    assert "vLLM is not installed" in result.output and "vllm==0.31.0" in result.output
     assert not (tmp_path / "t" / "model").exists()
 
 

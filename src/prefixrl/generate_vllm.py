@@ -1,4 +1,4 @@
-"""vLLM generation backend (GPU only; `pip install prefixrl[vllm]`).
+"""vLLM generation backend (GPU only; vllm 0.22-0.31, the versions TRL 1.16 supports).
 
 vLLM has no CPU wheel for this stack, so this file is kept thin and imported only when asked for.
 """
@@ -16,9 +16,9 @@ def import_vllm():
         import vllm
     except ImportError as err:
         raise ImportError(
-            "vLLM is not installed: `--backend vllm` and training's `use_vllm` need it. On a CUDA machine: "
-            "`pip install 'prefixrl[vllm]'` (see the README's 'On GPUs' section for a version set that "
-            "matches torch and transformers), or use `--backend hf` / `use_vllm: false`."
+            "vLLM is not installed: `--backend vllm` and training's `use_vllm` need it. On a CUDA machine, "
+            "install vllm==0.31.0 (the newest TRL 1.16 supports) with the versions the README's 'On GPUs' "
+            "section lists, or use `--backend hf` / `use_vllm: false`."
         ) from err
     return vllm
 

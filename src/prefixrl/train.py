@@ -80,7 +80,7 @@ class TrainConfig:
     # smaller ones accumulate gradients, so the optimizer still steps once per batch
     bf16: bool = False  # bf16 mixed precision (GPUs; an accelerate config's mixed_precision also sets it)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: long sequences fit
-    # -- vLLM rollouts (TRL's GRPOConfig options of the same names; GPU only, `pip install prefixrl[vllm]`) --
+    # -- vLLM rollouts (TRL's GRPOConfig options of the same names; GPU only, README "On GPUs") -----------
     use_vllm: bool = False
     vllm_mode: str = "server"  # server: a `trl vllm-serve` process on its own GPUs | colocate: in each process
     vllm_server_base_url: str | None = None  # server: e.g. http://10.0.0.2:8000 (overrides host and port)
@@ -498,6 +498,9 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     set_seed(cfg.seed)
     args = grpo_config(cfg, out_dir)  # before the model: it starts a multi-process run's process group
     main = args.process_index == 0  # only the main process writes (several nodes: a shared run folder)
+    if args.generation_batch_size != cfg.problems_per_step * cfg.num_generations:  # launcher env vs process group
+        raise RuntimeError(f"{args.world_size} processes started, but the launcher's environment said "
+                           f"{world_size()}: a step's batch would not be problems_per_step x num_generations")
     if adaptive and args.world_size > 1:
         raise ValueError("prefixrl-adaptive runs in one process: its calibration and trace pool are not "
                          "shared between processes; launch it without accelerate (or with --num_processes 1)")
