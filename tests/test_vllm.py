@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from datasets import Dataset
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from conftest import solve_sort
@@ -18,7 +19,7 @@ from prefixrl.demo import DemoConfig
 from prefixrl.files import write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import SamplingParams
-from prefixrl.models import TinyModelConfig, char_tokenizer, tiny_model
+from prefixrl.models import TinyModelConfig, char_tokenizer, encode_prompt, tiny_model
 from prefixrl.pipeline import build_config
 from prefixrl.prefixes import prefixed_problems
 from prefixrl.train import OffPolicyTraces, PrefixRLTrainer, TrainConfig, grpo_config, reward_function
@@ -109,6 +110,9 @@ def fake_vllm():
         def __init__(self, **kwargs):
             calls["llm"] = kwargs
 
+        def get_tokenizer(self):
+            return AutoTokenizer.from_pretrained(calls["llm"]["model"])
+
         def generate(self, inputs, sampling, use_tqdm=True):
             calls["inputs"], calls["sampling"] = inputs, sampling
             outputs = []
@@ -135,10 +139,10 @@ def test_vllm_sampler_maps_outputs_to_samples(monkeypatch, model_dir, tok):
     samples = sampler.generate(["31 2:", "4 1:"], n=2, seed=5)
     # log-probs after temperature, as HFSampler's: the processed ones
     assert calls["llm"] == {"model": str(model_dir), "logprobs_mode": "processed_logprobs"}
-    # prompts as token ids with no special token added (a chat-rendered prompt carries its own)
-    assert calls["inputs"] == [{"prompt_token_ids": tok("31 2:", add_special_tokens=False)["input_ids"]},
-                               {"prompt_token_ids": tok("4 1:", add_special_tokens=False)["input_ids"]}]
-    assert tok.bos_token_id not in calls["inputs"][0]["prompt_token_ids"]
+    # prompts as the token ids every sampler and the trainer use (a BOS once: here none)
+    assert calls["inputs"] == [{"prompt_token_ids": encode_prompt(tok, "31 2:")},
+                               {"prompt_token_ids": encode_prompt(tok, "4 1:")}]
+    assert calls["inputs"][0]["prompt_token_ids"] == tok("31 2:", add_special_tokens=False)["input_ids"]
     s = calls["sampling"]
     assert (s.n, s.temperature, s.max_tokens, s.seed, s.logprobs) == (2, 0.7, 16, 5, 0)
     assert [[x.text for x in group] for group in samples] == [["c00", "c01"], ["c10", "c11"]]
@@ -187,7 +191,7 @@ def test_vllm_rollouts_get_the_trace_and_are_counted(sort_task, tok, tmp_path):
 
     engine = trainer.vllm_generation
     assert engine.synced == 1 and len(engine.calls) == 1 and engine.calls[0][1] == 2
-    assert engine.calls[0][0] == [tok(x["prompt"], add_special_tokens=False)["input_ids"] for x in batch]
+    assert engine.calls[0][0] == [encode_prompt(tok, x["prompt"]) for x in batch]  # problem + prefix
     own = tok(" 1:9", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     for i, row in enumerate(batch):  # each group's last sample is the trace, the others vLLM's
         ids = out["completion_ids"][i][out["completion_mask"][i].bool()].tolist()
