@@ -225,7 +225,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           gradient_checkpointing: bool = typer.Option(False, help="Recompute activations: less memory, more time."),
           use_vllm: bool = typer.Option(False, help="Sample rollouts with vLLM (TRL's use_vllm; GPU only)."),
           vllm_mode: str = typer.Option("server", help="server (a `trl vllm-serve` on other GPUs) | colocate."),
-          vllm_server_base_url: Optional[str] = typer.Option(None, help="server: its URL (default http://0.0.0.0:8000)."),
+          vllm_server_base_url: Optional[str] = typer.Option(None, help="server: its URL (default: "
+                                                             "http://0.0.0.0:8000)."),
           vllm_gpu_memory_utilization: float = typer.Option(0.3, help="colocate: share of each GPU for vLLM."),
           vllm_tensor_parallel_size: int = typer.Option(1, help="colocate: GPUs per vLLM engine."),
           max_completion_length: int = MAX_NEW, seed: int = SEED):
@@ -245,7 +246,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         rows = read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed"))
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
                           loss_type=loss_type, scale_rewards=scale_rewards, beta=beta, is_truncation=is_truncation,
-                          eval_every=eval_every, eval_n=eval_n, save_every=save_every, max_completion_length=max_completion_length, seed=seed,
+                          eval_every=eval_every, eval_n=eval_n, save_every=save_every,
+                          max_completion_length=max_completion_length, seed=seed,
                           micro_batch_size=micro_batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                           use_vllm=use_vllm, vllm_mode=vllm_mode, vllm_server_base_url=vllm_server_base_url,
                           vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
