@@ -148,6 +148,25 @@ def test_only_the_main_process_writes_and_flops_count_every_process_once(launche
     assert json.loads((out / "manifest.json").read_text())["processes"] == 2
 
 
+def test_the_gpu_recipes_options_in_one_process(launched, sort_task):
+    """The options the README's GPU commands use, in one process: micro-batches of 1 accumulated,
+    gradient checkpointing, and --eval-every 0 (no in-training evaluation at all)."""
+    from typer.testing import CliRunner
+    from prefixrl.cli import app
+
+    tmp, _, _ = launched
+    out = tmp / "one"
+    result = CliRunner().invoke(app, ["train", str(tmp / "base"), "--data", str(tmp / "train.jsonl"), "--out", str(out),
+                                      "--steps", "1", "--problems-per-step", "2", "--num-generations", "2",
+                                      "--micro-batch-size", "1", "--gradient-checkpointing", "--eval-every", "0",
+                                      "--max-completion-length", "16"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["micro_batch_size"], config["gradient_checkpointing"], config["use_vllm"]) == (1, True, False)
+    assert [r["step"] for r in read(out / "metrics.jsonl") if "loss" in r] == [1]
+    assert not (out / "eval.jsonl").exists() and (out / "model").is_dir()
+
+
 # -- batch split, without processes -------------------------------------------------------------------
 @pytest.mark.parametrize("problems, generations, processes, micro, expected", [
     (16, 8, 1, None, (128, 1)),  # the paper's batch in one process, one pass

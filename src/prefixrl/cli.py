@@ -214,7 +214,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           beta: float = typer.Option(0.0, help="KL coefficient against the base policy (paper: 0)."),
           is_truncation: Optional[float] = typer.Option(None, help="offpolicy-is: cap on pi/mu (default: none)."),
           sft_epochs: Optional[int] = typer.Option(None, help="sft-rl: passes of SFT over the traces (default 100: tiny models)."),
-          eval_every: int = typer.Option(20, help="Steps between unprefixed evaluations."),
+          eval_every: int = typer.Option(20, help="Steps between unprefixed evaluations (0: none, not even "
+                                         "at the start and end; evaluate the model afterwards with vLLM)."),
           eval_n: int = typer.Option(16, help="Samples per problem at each evaluation."),
           save_every: int = typer.Option(50, help="Steps between checkpoints (a killed run resumes from the last)."),
           heldout: str = typer.Option("heldout", help="Held-out problems: split name or JSONL."),
@@ -256,7 +257,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         hard = [by_id[pid] for pid in dict.fromkeys(r["problem_id"] for r in rows)]
         evals = {"train": hard, "heldout": load_problems(the_task, heldout)}
         path = run_method(method, the_task, resolve_model(model), rows, out, cfg,
-                          traces=load_traces(traces) if traces else None, eval_problems=evals,
+                          traces=load_traces(traces) if traces else None, eval_problems=evals if eval_every else None,
                           prior_flops=FlopsLedger(prior_flops) if prior_flops else None,
                           sft_cfg=SFTStageConfig(seed=seed, **({"epochs": sft_epochs} if sft_epochs else {})))
     except (ValueError, InputError, ImportError) as err:
