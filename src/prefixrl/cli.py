@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from prefixrl.files import InputError
@@ -35,7 +36,7 @@ QUIET = typer.Option(False, "--quiet", help="No progress bar.")
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/red] {err}")
+    console.print(f"[red]error:[/red] {escape(str(err))}")  # escaped: `prefixrl[vllm]` is not markup
     raise typer.Exit(2)
 
 
@@ -50,7 +51,10 @@ def _sampler(model: str, backend: str, temperature: float, max_new_tokens: int, 
     from prefixrl.models import resolve_model
 
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return make_sampler(backend, resolve_model(model), params)
+    try:
+        return make_sampler(backend, resolve_model(model), params)
+    except ImportError as err:  # --backend vllm without vLLM: say how to get it, no traceback
+        _fail(err)
 
 
 @app.command()
@@ -217,12 +221,25 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           beta: float = typer.Option(0.0, help="KL coefficient against the base policy (paper: 0)."),
           is_truncation: Optional[float] = typer.Option(None, help="offpolicy-is: cap on pi/mu (default: none)."),
           sft_epochs: Optional[int] = typer.Option(None, help="sft-rl: passes of SFT over the traces (default 100: tiny models)."),
-          eval_every: int = typer.Option(20, help="Steps between unprefixed evaluations."),
+          eval_every: int = typer.Option(20, help="Steps between unprefixed evaluations (0: none, not even "
+                                         "at the start and end; evaluate the model afterwards with vLLM)."),
           eval_n: int = typer.Option(16, help="Samples per problem at each evaluation."),
+          save_every: int = typer.Option(50, help="Steps between checkpoints (a killed run resumes from the last)."),
           heldout: str = typer.Option("heldout", help="Held-out problems: split name or JSONL."),
           prior_flops: Optional[Path] = typer.Option(None, help="flops.json of earlier stages to charge (e.g. collect's)."),
+          micro_batch_size: Optional[int] = typer.Option(None, help="Samples per process per forward/backward "
+                                                         "(gradients accumulate to the whole batch)."),
+          bf16: bool = typer.Option(False, help="bf16 mixed precision (GPUs)."),
+          gradient_checkpointing: bool = typer.Option(False, help="Recompute activations: less memory, more time."),
+          use_vllm: bool = typer.Option(False, help="Sample rollouts with vLLM (TRL's use_vllm; GPU only)."),
+          vllm_mode: str = typer.Option("server", help="server (a `trl vllm-serve` on other GPUs) | colocate."),
+          vllm_server_base_url: Optional[str] = typer.Option(None, help="server: its URL (default: "
+                                                             "http://0.0.0.0:8000)."),
+          vllm_gpu_memory_utilization: float = typer.Option(0.3, help="colocate: share of each GPU for vLLM."),
+          vllm_tensor_parallel_size: int = typer.Option(1, help="colocate: GPUs per vLLM engine."),
           max_completion_length: int = MAX_NEW, seed: int = SEED):
-    """RL on prefixed problems (only the policy's own continuation is trained), or a baseline."""
+    """RL on prefixed problems (only the policy's own continuation is trained), or a baseline.
+    Several GPUs: `accelerate launch --config_file configs/accelerate/... -m prefixrl.cli train ...`."""
     from prefixrl.files import read_jsonl
     from prefixrl.flops import FlopsLedger
     from prefixrl.methods import run_method
@@ -237,17 +254,23 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         rows = read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed"))
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
                           loss_type=loss_type, scale_rewards=scale_rewards, beta=beta, is_truncation=is_truncation,
-                          eval_every=eval_every, eval_n=eval_n, max_completion_length=max_completion_length, seed=seed)
+                          eval_every=eval_every, eval_n=eval_n, save_every=save_every,
+                          max_completion_length=max_completion_length, seed=seed,
+                          micro_batch_size=micro_batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+                          use_vllm=use_vllm, vllm_mode=vllm_mode, vllm_server_base_url=vllm_server_base_url,
+                          vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
+                          vllm_tensor_parallel_size=vllm_tensor_parallel_size)
         by_id = problems_by_id(the_task)
         hard = [by_id[pid] for pid in dict.fromkeys(r["problem_id"] for r in rows)]
         evals = {"train": hard, "heldout": load_problems(the_task, heldout)}
         path = run_method(method, the_task, resolve_model(model), rows, out, cfg,
-                          traces=load_traces(traces) if traces else None, eval_problems=evals,
+                          traces=load_traces(traces) if traces else None, eval_problems=evals if eval_every else None,
                           prior_flops=FlopsLedger(prior_flops) if prior_flops else None,
                           sft_cfg=SFTStageConfig(seed=seed, **({"epochs": sft_epochs} if sft_epochs else {})))
-    except (ValueError, InputError) as err:
+    except (ValueError, InputError, ImportError) as err:
         _fail(err)
-    console.print(f"saved the trained policy to {path}")
+    if os.environ.get("RANK", "0") == "0":  # the main process of an `accelerate launch`
+        console.print(f"saved the trained policy to {path}")
 
 
 @app.command()

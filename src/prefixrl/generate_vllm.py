@@ -1,4 +1,4 @@
-"""vLLM generation backend (GPU only; `pip install prefixrl[vllm]`).
+"""vLLM generation backend (GPU only; vllm 0.22-0.31, the versions TRL 1.16 supports).
 
 vLLM has no CPU wheel for this stack, so this file is kept thin and imported only when asked for.
 """
@@ -9,23 +9,29 @@ from prefixrl.generate import Sample, SamplingParams
 from prefixrl.models import count_params_from_config, encode_prompt
 
 
-def _import_vllm():
+def import_vllm():
+    """The vllm module, or an ImportError that says how to get it (shared by `--backend vllm` and
+    training's `use_vllm`)."""
     try:
         import vllm
     except ImportError as err:
         raise ImportError(
-            "the 'vllm' generation backend needs vLLM, which is not installed. On a CUDA machine: "
-            "`pip install 'prefixrl[vllm]'` (see the README's 'On GPUs' section for a version set that "
-            "matches torch and transformers), or use `--backend hf`."
+            "vLLM is not installed: `--backend vllm` and training's `use_vllm` need it. On a CUDA machine, "
+            "install vllm==0.31.0 (the newest TRL 1.16 supports) with the versions the README's 'On GPUs' "
+            "section lists, or use `--backend hf` / `use_vllm: false`."
         ) from err
     return vllm
 
 
 class VLLMSampler:
+    """Sampling with vLLM's offline engine. Prompts go in as the token ids every sampler and the
+    trainer use (`encode_prompt`), and log-probs are taken after temperature (`processed_logprobs`),
+    as HFSampler's and TRL's are."""
+
     def __init__(self, model_path: str, params: SamplingParams, **llm_kwargs):
-        vllm = _import_vllm()
+        vllm = import_vllm()
         self.params = params
-        self.llm = vllm.LLM(model=model_path, **llm_kwargs)
+        self.llm = vllm.LLM(model=model_path, **{"logprobs_mode": "processed_logprobs", **llm_kwargs})
         self.tokenizer = self.llm.get_tokenizer()
         self.n_params = count_params_from_config(model_path)
         self._vllm = vllm

@@ -67,8 +67,9 @@ def load_model(path: str, device: str | None = None, dtype: torch.dtype | None =
 
 def n_params(model) -> int:
     """N in the FLOPs formulas: non-embedding parameters are the usual choice, but the tiny models'
-    embedding is a large share of them, so count all (a slight over-estimate for big models)."""
-    return sum(p.numel() for p in model.parameters())
+    embedding is a large share of them, so count all (a slight over-estimate for big models).
+    DeepSpeed ZeRO-3 leaves each process an empty placeholder: its `ds_numel` is the full size."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
 def encode_prompt(tokenizer, prompt: str) -> list[int]:

@@ -14,22 +14,32 @@ FLOPs ledger (rollouts 2·N·D, updates 6·N·D, prompt and prefix tokens counte
 baselines only, a correct trace in place of each group's last sample with its own token weights;
 and rows that can change during training (prefixrl-adaptive). Callbacks evaluate *unprefixed*
 pass@1 every `eval_every` steps and stop a run at its FLOPs budget. Methods: see methods.py.
+
+At scale (see the README's "On GPUs"): `accelerate launch -m prefixrl.cli train ...` runs one
+process per GPU (DDP, DeepSpeed ZeRO-3 or FSDP: configs/accelerate/), and `use_vllm` samples the
+rollouts with vLLM (TRL's server or colocate mode). A step's batch is global: problems_per_step x
+num_generations samples shared by the processes, one optimizer step per batch. FLOPs are counted
+from every process's tokens (gathered), every process keeps the same ledger (so all stop at the
+same budget), and only the main process writes files.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import warnings
 import weakref
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object, get_int_from_env
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
+from trl.models.utils import unwrap_model_for_generation
 
 from prefixrl.evaluate import score_problems
 from prefixrl.files import AppendLog, atomic_write_text
@@ -65,15 +75,36 @@ class TrainConfig:
     is_truncation: float | None = None  # offpolicy-is: cap on the importance weight pi/mu (None: none)
     luffy_gamma: float = 0.1  # luffy: the shaping constant in pi / (pi + gamma)
     seed: int = 0
+    # -- scale: memory and processes (a step's batch stays problems_per_step x num_generations) ---------
+    micro_batch_size: int | None = None  # samples per process per forward/backward (None: its whole share);
+    # smaller ones accumulate gradients, so the optimizer still steps once per batch
+    bf16: bool = False  # bf16 mixed precision (GPUs; an accelerate config's mixed_precision also sets it)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: long sequences fit
+    # -- vLLM rollouts (TRL's GRPOConfig options of the same names; GPU only, README "On GPUs") -----------
+    use_vllm: bool = False
+    vllm_mode: str = "server"  # server: a `trl vllm-serve` process on its own GPUs | colocate: in each process
+    vllm_server_base_url: str | None = None  # server: e.g. http://10.0.0.2:8000 (overrides host and port)
+    vllm_server_host: str = "0.0.0.0"
+    vllm_server_port: int = 8000
+    vllm_gpu_memory_utilization: float = 0.3  # colocate: the share of each GPU vLLM may take
+    vllm_tensor_parallel_size: int = 1  # colocate: GPUs per vLLM engine (must divide the process count)
 
     def __post_init__(self):
-        for name in ("steps", "problems_per_step", "num_generations", "max_completion_length", "eval_n"):
+        for name in ("steps", "problems_per_step", "num_generations", "max_completion_length", "eval_n",
+                     "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_generations < 2:
             raise ValueError("TrainConfig.num_generations must be >= 2: the baseline is the group mean")
         if self.lr <= 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"TrainConfig.micro_batch_size must be >= 1 (or None), got {self.micro_batch_size}")
+        if self.vllm_mode not in ("server", "colocate"):
+            raise ValueError(f"TrainConfig.vllm_mode must be 'server' or 'colocate', got {self.vllm_mode!r}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"TrainConfig.vllm_gpu_memory_utilization must be in (0, 1], "
+                             f"got {self.vllm_gpu_memory_utilization}")
 
 
 def reward_function(task: Task, problems: dict[str, Problem]):
@@ -122,25 +153,32 @@ class PrefixRLTrainer(GRPOTrainer):
         out = super()._generate_and_score_completions(inputs)
         local = out["prompt_mask"].sum() + out["completion_mask"].sum()
         tokens = int(self.accelerator.gather(local.reshape(1)).sum())
-        # rollouts read and write every token once (2ND); the update trains on all of them (6ND)
+        # rollouts read and write every token once (2ND, on vLLM or not); the update trains on all of them
+        # (6ND). The count is gathered: every process's tokens, counted once, in every process's ledger.
         self.flops_ledger.add("rollouts", n_params=self.n_params, inference_tokens=tokens)
         self.flops_ledger.add("updates", n_params=self.n_params, train_tokens=tokens)
-        if self.args.num_iterations > 1 or self.beta != 0:  # old-policy / reference forward passes
-            extra = tokens * (int(self.args.num_iterations > 1) + int(self.beta != 0))
-            self.flops_ledger.add("extra_forward", n_params=self.n_params, inference_tokens=extra)
+        extra = self._extra_forward_passes()
+        if extra:  # old-policy / reference forward passes
+            self.flops_ledger.add("extra_forward", n_params=self.n_params, inference_tokens=extra * tokens)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["flops/total"].append(self.flops_ledger.total)
         prefixed = torch.tensor([bool(x["prefixed"]) for x in inputs], device=out["advantages"].device)
         out["is_prefixed"] = prefixed  # rides along through TRL's shuffle and split: the loss splits by it
         lengths = out["completion_mask"].sum(1).float()
         for name, mask in (("prefixed", prefixed), ("unprefixed", ~prefixed)):
-            gathered = self.accelerator.gather(torch.stack([lengths[mask].sum(), mask.sum().float()]).reshape(1, 2))
-            total, count = gathered.sum(0).tolist()
-            if count:
-                self._metrics[mode][f"continuation_length_{name}"].append(total / count)
+            self._log_mean(mode, f"continuation_length_{name}", lengths, mask)
         if self.off_policy:
             out.update(self._off_policy_columns(inputs, out["completion_ids"].shape[1]))
         return out
+
+    def _extra_forward_passes(self) -> int:
+        """Forward passes over the batch besides the update's: TRL's old-policy log-probs (computed when
+        the samples may be stale, and always with vLLM's importance-sampling correction) and the
+        reference model's (KL penalty)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        old_policy = (self.args.gradient_accumulation_steps % generate_every != 0
+                      or (self.use_vllm and self.vllm_importance_sampling_correction))
+        return int(old_policy) + int(self.beta != 0)
 
     def _tokenize_prompts(self, prompts):
         # the samplers' token ids (encode_prompt): TRL adds special tokens to text prompts, a second
@@ -148,6 +186,8 @@ class PrefixRLTrainer(GRPOTrainer):
         return [encode_prompt(self.processing_class, prompt) for prompt in prompts], None, {}
 
     def _generate(self, prompts):
+        """TRL's sampling (transformers or vLLM: both go through here), then the off-policy baselines'
+        trace in place of each group's last sample."""
         result = super()._generate(prompts)
         if not self.off_policy or not self.model.training:
             return result
@@ -157,8 +197,8 @@ class PrefixRLTrainer(GRPOTrainer):
             ids = self.off_policy.token_ids[self._batch_inputs[i]["problem_id"]]
             completion_ids[i] = list(ids)
             completions[i] = self.processing_class.decode(ids, skip_special_tokens=True)
-            if logprobs is not None:
-                logprobs[i] = list(self.off_policy.behaviour_logprobs[self._batch_inputs[i]["problem_id"]])
+            if logprobs is not None:  # vLLM's sampling log-probs: none for a trace (TRL reads None as
+                logprobs[i] = [None] * len(ids)  # "unscored": no vLLM correction, no vLLM-mismatch metric)
         return (prompt_ids, completion_ids, tool_mask, completions, logprobs, *rest)
 
     def _off_policy_rows(self, local_batch: int) -> list[int]:
@@ -237,7 +277,7 @@ class PrefixRLTrainer(GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         off = inputs.get("off_policy")
-        if off is None or not off.any():
+        if off is None:
             loss = super()._compute_loss(model, inputs)
         else:  # TRL's objective on the policy's own samples, the method's weighted one on the traces
             loss = super()._compute_loss(model, {**inputs, "advantages": inputs["advantages"] * ~off})
@@ -248,10 +288,16 @@ class PrefixRLTrainer(GRPOTrainer):
         entropies = self._last_forward[1]
         mode = "train" if self.model.training else "eval"
         for name, rows in _parts(inputs):
-            tokens = own & rows[:, None]
-            if tokens.any():
-                self._metrics[mode][f"entropy_{name}"].append(entropies[tokens].mean().item())
+            self._log_mean(mode, f"entropy_{name}", entropies, own & rows[:, None])
         return loss
+
+    def _log_mean(self, mode: str, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
+        """Log the mean of values[mask] over every process's rows. A collective: every process calls
+        it, whether or not it holds such rows."""
+        local = torch.stack([values[mask].sum(), mask.sum()]).float()
+        total, count = self.accelerator.reduce(local, reduction="sum").tolist()
+        if count:
+            self._metrics[mode][name].append(total / count)
 
     def _off_policy_loss(self, logps, inputs, off):
         """-A · w(pi) on each trace token, normalised like dr_grpo (sum / (rows x max length)).
@@ -265,8 +311,11 @@ class PrefixRLTrainer(GRPOTrainer):
             if self.off_policy.is_truncation is not None:
                 ratio = ratio.clamp(max=self.off_policy.is_truncation)
             surrogate = ratio * logps
-            self._metrics["train"]["importance_weight/mean"].append(ratio[mask.bool()].mean().item())
-            self._metrics["train"]["importance_weight/max"].append(ratio[mask.bool()].max().item())
+            self._log_mean("train", "importance_weight/mean", ratio, mask.bool())
+            local_max = ratio[mask.bool()].max() if mask.any() else ratio.new_tensor(float("-inf"))
+            largest = self.accelerator.gather(local_max.reshape(1)).max().item()
+            if largest > float("-inf"):
+                self._metrics["train"]["importance_weight/max"].append(largest)
         else:
             prob = logps.exp()
             surrogate = prob / (prob + self.off_policy.luffy_gamma)
@@ -278,8 +327,20 @@ class PrefixRLTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
         # the ledger travels with the checkpoint, so a resumed run counts exactly the steps it kept
         checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-        if checkpoint.is_dir():
+        if self.args.should_save and checkpoint.is_dir():
             FlopsLedger(checkpoint / "flops.json").merge(self.flops_ledger)
+
+    @contextmanager
+    def full_model(self):
+        """The policy with all its weights in this process, for sampling outside TRL's rollouts
+        (evaluation): TRL's own context for generation, which unwraps DDP and gathers ZeRO-3 / FSDP
+        shards. Every process must enter it (sharded weights are gathered collectively)."""
+        with (unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                          gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                                          gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs)
+              as model,
+              self._dist.summon_full_params(self.model_wrapped, recurse=False)):
+            yield model
 
 
 def _parts(inputs) -> list[tuple[str, torch.Tensor]]:
@@ -319,40 +380,53 @@ class FlopsBudget(TrainerCallback):
 class UnprefixedEval(TrainerCallback):
     """Every `every` steps, on unprefixed problems: pass@1 on the hard training problems and on
     held-out ones, the share of each strategy marker in the answers, and the policy's mean NLL of
-    the training prefixes (does it come to imitate them?)."""
+    the training prefixes (does it come to imitate them?).
+
+    With several processes, each runs the same evaluation (same seeds: same samples) on the whole
+    policy, so that sharded weights (ZeRO-3, FSDP) can be gathered; only the main process writes."""
 
     def __init__(self, trainer_ref, task: Task, problem_sets: dict[str, list[Problem]], cfg: TrainConfig,
                  out_dir: Path, ledger: FlopsLedger, prefix_rows: list[dict]):
         self.trainer_ref, self.task, self.problem_sets, self.cfg = trainer_ref, task, problem_sets, cfg
-        self.log = AppendLog(out_dir / "eval.jsonl")
         self.out_dir, self.ledger, self.prefix_rows = out_dir, ledger, prefix_rows
+        self.main = trainer_ref().accelerator.is_main_process
+        self.log = AppendLog(out_dir / "eval.jsonl") if self.main else None
+        done = [[row["step"] for row in self.log.rows] if self.main else None]
+        self.done = set(broadcast_object_list(done)[0])  # every process skips the same steps
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.cfg.eval_every and state.global_step % self.cfg.eval_every == 0:
             self.evaluate(state.global_step)
 
     def evaluate(self, step: int) -> dict:
-        if any(row["step"] == step for row in self.log.rows):
+        if step in self.done:
             return {}
         trainer = self.trainer_ref()
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        # the other processes score into a folder of their own, thrown away afterwards
+        folder = nullcontext(self.out_dir / "evals") if self.main else tempfile.TemporaryDirectory()
+        with trainer.full_model() as model, folder as evals:
+            row = self._evaluate(step, model, trainer.processing_class, Path(evals))
+        self.done.add(step)
+        if self.main:
+            self.log.append(row)
+        return row
+
+    def _evaluate(self, step: int, model, tokenizer, evals: Path) -> dict:
         was_training = model.training
         model.eval()
-        sampler = HFSampler(model, trainer.processing_class, SamplingParams(
+        sampler = HFSampler(model, tokenizer, SamplingParams(
             temperature=self.cfg.eval_temperature, max_new_tokens=self.cfg.max_completion_length, batch_size=512))
         row = {"step": step, "flops": self.ledger.total}
         for name, problems in self.problem_sets.items():
-            scores = score_problems(self.task, sampler, problems, self.cfg.eval_n,
-                                    self.out_dir / "evals" / f"step-{step}-{name}", seed=self.cfg.seed * 100_003 + step,
-                                    quiet=True)
+            scores = score_problems(self.task, sampler, problems, self.cfg.eval_n, evals / f"step-{step}-{name}",
+                                    seed=self.cfg.seed * 100_003 + step, quiet=True)
             samples = sum(r["n"] for r in scores)
             row[f"eval/{name}/pass@1"] = sum(r["correct"] for r in scores) / samples
             for strategy in self.task.strategy_markers:
                 row[f"eval/{name}/strategy/{strategy}"] = sum(r["strategies"].get(strategy, 0) for r in scores) / samples
         if self.prefix_rows:
-            row["eval/prefix_nll"] = self._prefix_nll(model, trainer.processing_class)
+            row["eval/prefix_nll"] = self._prefix_nll(model, tokenizer)
         model.train(was_training)
-        self.log.append(row)
         return row
 
     def _prefix_nll(self, model, tokenizer) -> float:
@@ -365,17 +439,42 @@ class UnprefixedEval(TrainerCallback):
         return total / max(count, 1)
 
 
-def grpo_config(cfg: TrainConfig, out_dir: Path) -> GRPOConfig:
+def world_size() -> int:
+    """Processes in this run, from the launcher's environment (torchrun / accelerate launch, deepspeed, MPI)."""
+    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+
+
+def batch_split(cfg: TrainConfig, processes: int) -> tuple[int, int]:
+    """(per-process micro batch, gradient accumulation steps) for a global batch of problems_per_step x
+    num_generations samples: TRL's per_device_train_batch_size x processes x accumulation steps. A
+    group may straddle two processes: TRL computes the group-mean baseline after gathering rewards."""
     batch = cfg.problems_per_step * cfg.num_generations
+    if batch % processes:
+        raise ValueError(f"TrainConfig.problems_per_step x num_generations = {batch} samples per step must be "
+                         f"divisible by the number of processes ({processes})")
+    share = batch // processes
+    micro = cfg.micro_batch_size or share
+    if share % micro:
+        raise ValueError(f"TrainConfig.micro_batch_size ({micro}) must divide each process's share of the batch "
+                         f"({batch} / {processes} processes = {share})")
+    return micro, share // micro
+
+
+def grpo_config(cfg: TrainConfig, out_dir: Path, processes: int | None = None) -> GRPOConfig:
+    micro, accumulation = batch_split(cfg, processes or world_size())
     return GRPOConfig(
-        output_dir=str(out_dir / "checkpoints"), max_steps=cfg.steps, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1, num_generations=cfg.num_generations, learning_rate=cfg.lr,
+        output_dir=str(out_dir / "checkpoints"), max_steps=cfg.steps, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation, num_generations=cfg.num_generations, learning_rate=cfg.lr,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, loss_type=cfg.loss_type,
         scale_rewards=cfg.scale_rewards, beta=cfg.beta, num_iterations=1, temperature=cfg.temperature,
         top_k=0, top_p=1.0, max_completion_length=cfg.max_completion_length, seed=cfg.seed, data_seed=cfg.seed,
-        bf16=False, use_cpu=not torch.cuda.is_available(), report_to=cfg.report_to, logging_steps=1,
-        save_strategy="steps", save_steps=cfg.save_every, save_total_limit=2, save_only_model=False,
-        disable_tqdm=not cfg.progress_bar, remove_unused_columns=False,
+        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
+        report_to=cfg.report_to, logging_steps=1, save_strategy="steps", save_steps=cfg.save_every,
+        save_total_limit=2, save_only_model=False, disable_tqdm=not cfg.progress_bar, remove_unused_columns=False,
+        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_base_url,
+        vllm_server_host=cfg.vllm_server_host, vllm_server_port=cfg.vllm_server_port,
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
     )
 
 
@@ -391,16 +490,29 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     out_dir = Path(out_dir)
     if (out_dir / "model").is_dir() and (out_dir / "manifest.json").exists():
         return out_dir / "model"  # finished earlier
+    if cfg.use_vllm:  # fail before loading anything, with the message that says how to get it
+        from prefixrl.generate_vllm import import_vllm
+
+        import_vllm()
     start = time.time()
     set_seed(cfg.seed)
-    atomic_write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=2))
-    model, tokenizer = load_model(model_path, device="cpu" if not torch.cuda.is_available() else None)
+    args = grpo_config(cfg, out_dir)  # before the model: it starts a multi-process run's process group
+    main = args.process_index == 0  # only the main process writes (several nodes: a shared run folder)
+    if args.generation_batch_size != cfg.problems_per_step * cfg.num_generations:  # launcher env vs process group
+        raise RuntimeError(f"{args.world_size} processes started, but the launcher's environment said "
+                           f"{world_size()}: a step's batch would not be problems_per_step x num_generations")
+    if adaptive and args.world_size > 1:
+        raise ValueError("prefixrl-adaptive runs in one process: its calibration and trace pool are not "
+                         "shared between processes; launch it without accelerate (or with --num_processes 1)")
+    if main:
+        atomic_write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=2))
+    model, tokenizer = load_model(model_path, device=str(args.device))  # this process's device
     problems = problems_by_id(task)
     problems.update({p.id: p for ps in (eval_problems or {}).values() for p in ps})
     checkpoint = _last_checkpoint(out_dir)
-    ledger = _resume_ledger(out_dir, checkpoint, prior_flops)
+    ledger = _resume_ledger(out_dir, checkpoint, prior_flops, write=main)
     kept_step = int(checkpoint.name.split("-")[1]) if checkpoint else -1
-    for log_name in ("metrics.jsonl", "eval.jsonl"):  # forget what the kill lost since the checkpoint
+    for log_name in ("metrics.jsonl", "eval.jsonl") if main else ():  # forget what the kill lost since the checkpoint
         AppendLog(out_dir / log_name).keep(lambda row: row["step"] <= kept_step)
     nll_rows = [r for r in rows if r["prefix"]][:32]  # a fixed sample: the prefix-NLL curve follows one set
     if adaptive:  # the rows chosen at the last re-calibration the checkpoint saw
@@ -409,10 +521,11 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         rows = adaptive.rows(model, tokenizer, current, ledger)
     if len(rows) < cfg.problems_per_step:  # a batch needs problems_per_step rows: repeat a small set
         rows = rows * -(-cfg.problems_per_step // len(rows))
-    trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), args=grpo_config(cfg, out_dir),
+    trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), args=args,
                               train_dataset=Dataset.from_list(rows), processing_class=tokenizer, flops_ledger=ledger,
                               off_policy=off_policy)
-    trainer.add_callback(MetricsLog(AppendLog(out_dir / "metrics.jsonl")))
+    if main:
+        trainer.add_callback(MetricsLog(AppendLog(out_dir / "metrics.jsonl")))
     if adaptive:
         adaptive.attach(trainer, ledger)
         trainer.live_rows = rows
@@ -429,11 +542,14 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if evaluator:
         evaluator.evaluate(trainer.state.global_step)  # the final policy (a no-op if just evaluated)
-    trainer.save_model(str(out_dir / "model"))
-    tokenizer.save_pretrained(out_dir / "model")
-    write_manifest(out_dir, stage="train", config={"task": task.name, "task_args": task_args(task),
-                   "model": model_path, **asdict(cfg)},
-                   seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start)
+    trainer.save_model(str(out_dir / "model"))  # every process: ZeRO-3 / FSDP gather the weights to save
+    if main:
+        tokenizer.save_pretrained(out_dir / "model")
+        write_manifest(out_dir, stage="train", config={"task": task.name, "task_args": task_args(task),
+                       "model": model_path, **asdict(cfg)},
+                       seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start,
+                       extra={"processes": args.world_size})
+    trainer.accelerator.wait_for_everyone()  # the run is done when its files are
     return out_dir / "model"
 
 
@@ -442,10 +558,12 @@ def _last_checkpoint(out_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def _resume_ledger(out_dir: Path, checkpoint: Path | None, prior: FlopsLedger | None) -> FlopsLedger:
+def _resume_ledger(out_dir: Path, checkpoint: Path | None, prior: FlopsLedger | None, write: bool = True
+                   ) -> FlopsLedger:
     """The run's ledger: the checkpoint's copy when resuming (FLOPs spent after that checkpoint
-    were lost with the kill and are redone), else the prior stages' FLOPs."""
-    ledger = FlopsLedger(out_dir / "flops.json", fresh=True)
+    were lost with the kill and are redone), else the prior stages' FLOPs. write=False: kept in
+    memory only (the other processes of a multi-process run)."""
+    ledger = FlopsLedger(out_dir / "flops.json" if write else None, fresh=True)
     source = FlopsLedger(checkpoint / "flops.json") if checkpoint else prior
     if source is not None:
         ledger.merge(source)
