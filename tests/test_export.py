@@ -3,6 +3,7 @@ the prefix under verl's rendering, and reward.py loaded as verl loads it."""
 
 import importlib.util
 import json
+from pathlib import Path
 
 import datasets
 import pyarrow.parquet as pq
@@ -128,20 +129,21 @@ def test_compute_score_scores_prefix_plus_continuation(name, chain_task, sort_ta
         compute_score("openai/gsm8k", "#### 3", "3", {"split": "train"})
 
 
-def test_compute_score_on_math():
-    """The math task's verifier (math-verify) through the same reward, when the task is installed."""
+def test_compute_score_on_math(monkeypatch, tmp_path):
+    """A math row scored by verl's reward in another directory: the task is rebuilt from the
+    options the export recorded (its files made absolute), and math-verify checks prefix + continuation."""
     from prefixrl.tasks import load_task
+    from prefixrl.verl_reward import _task, compute_score
 
-    try:
-        task = load_task("math")
-    except Exception as err:  # the math task arrives with issue 5's math work
-        pytest.skip(f"no math task here: {err}")
-    from prefixrl.verl_reward import compute_score
-
-    problem = Problem(id="m1", prompt="What is 1/2 + 1/4?", answer="\\frac{3}{4}", difficulty=0, split="train")
-    info = {"task": task.name, "problem": json.dumps(problem.to_dict()), "prefix": "We add: 1/2 + 1/4 = "}
-    assert compute_score("prefixrl/math", "3/4, so the answer is $\\boxed{\\frac{3}{4}}$.", problem.answer, info) == 1.0
-    assert compute_score("prefixrl/math", "1/6, so the answer is $\\boxed{\\frac{1}{6}}$.", problem.answer, info) == 0.0
+    task = load_task("math", train="tests/data/math_problems.jsonl", id_column="id")
+    problem = problems_by_id(task)["prealgebra/2"]
+    prefix = " 3/6 = "
+    info = verl_row(task, problem, problem.prompt + prefix, prefix, "train", 0)["extra_info"]
+    assert json.loads(info["task_args"])["train"] == str(Path("tests/data/math_problems.jsonl").resolve())
+    monkeypatch.chdir(tmp_path)  # verl's workers: another working directory
+    _task.cache_clear()
+    assert compute_score("prefixrl/math", "1/2, so the answer is $\\boxed{\\dfrac{1}{2}}$.", problem.answer, info) == 1.0
+    assert compute_score("prefixrl/math", "2/3, so the answer is $\\boxed{\\frac{2}{3}}$.", problem.answer, info) == 0.0
 
 
 def test_cli(chain_task, tmp_path):

@@ -363,7 +363,7 @@ app.add_typer(export_app, name="export")
 @export_app.command("verl")
 def export_verl(data: Path = typer.Argument(..., help="Training rows from `prefixrl prefixes` (train.jsonl)."),
                 out: Path = typer.Option(..., help="Output folder for the Parquet files, reward.py and run_verl.sh."),
-                task: str = TASK,
+                task: str = TASK, task_arg: list[str] = TASK_ARGS,
                 heldout: Optional[str] = typer.Option(None, help="Held-out problems to validate on too: a split "
                                                       "name or JSONL (needs --model to render them)."),
                 model: Optional[str] = typer.Option(None, help="The policy: its chat template renders --heldout, "
@@ -375,7 +375,7 @@ def export_verl(data: Path = typer.Argument(..., help="Training rows from `prefi
     from prefixrl.tasks import load_problems, load_task, problems_by_id
 
     try:
-        the_task = load_task(task)
+        the_task = _task(task, task_arg)
         rows = read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed"))
         model_path = resolve_model(model) if model else "MODEL"
         pairs = None

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefixrl.files import InputError, atomic_write_text
-from prefixrl.tasks import Problem, Task
+from prefixrl.tasks import Problem, Task, task_args
 
 IDENTITY_TEMPLATE = "{{ messages[0].content }}"
 MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -48,7 +48,9 @@ SCHEMA = pa.schema([
     ("ability", pa.string()),
     ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.string())])),
     ("extra_info", pa.struct([
-        ("split", pa.string()), ("index", pa.int64()), ("task", pa.string()), ("problem_id", pa.string()),
+        ("split", pa.string()), ("index", pa.int64()), ("task", pa.string()),
+        ("task_args", pa.string()),  # JSON: the options the reward loads the task with
+        ("problem_id", pa.string()),
         ("problem", pa.string()),  # Problem.to_dict() as JSON: what the task's verifier needs
         ("prefix", pa.string()), ("prefixed", pa.bool_()), ("prefix_fraction", pa.float64()),
         ("prefix_tokens", pa.int64()), ("trace_index", pa.int64()),
@@ -71,12 +73,18 @@ def verl_row(task: Task, problem: Problem, prompt: str, prefix: str, split: str,
         "prompt": [{"role": "user", "content": prompt}],
         "ability": task.name,
         "reward_model": {"style": "rule", "ground_truth": problem.answer},
-        "extra_info": {"split": split, "index": index, "task": task.name, "problem_id": problem.id,
+        "extra_info": {"split": split, "index": index, "task": task.name,
+                       "task_args": json.dumps(_portable(task_args(task))), "problem_id": problem.id,
                        "problem": json.dumps(problem.to_dict()), "prefix": prefix, "prefixed": bool(prefix),
                        "prefix_fraction": float(row.get("prefix_fraction", 0.0)),
                        "prefix_tokens": int(row.get("prefix_tokens", 0)), "trace_index": row.get("trace_index"),
                        "messages": messages},
     }
+
+
+def _portable(args: dict) -> dict:
+    """Task options with the files they name made absolute: verl's reward workers run elsewhere."""
+    return {k: str(Path(v).resolve()) if isinstance(v, str) and Path(v).is_file() else v for k, v in args.items()}
 
 
 def export_verl(rows: list[dict], task: Task, problems: dict[str, Problem], out: str | Path,

@@ -57,7 +57,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_ch
 @dataclass
 class TrainConfig:
     steps: int = 100  # optimizer steps (one generation batch each)
-    problems_per_step: int = 16  # prompts per batch (paper: 128 samples = 16 x 8)
+    problems_per_step: int = 16  # problems per batch (the paper: "batch 128", read as 128 problems x 8)
     num_generations: int = 8  # samples per problem: the group of the group-mean baseline
     lr: float = 1e-4  # paper: 1e-6 for 8 B models; tiny models need about 1e-4
     loss_type: str = "dr_grpo"  # dr_grpo: sum over tokens / constant, i.e. plain REINFORCE

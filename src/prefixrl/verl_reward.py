@@ -20,13 +20,13 @@ from functools import lru_cache
 
 
 @lru_cache(maxsize=None)
-def _task(name: str):
+def _task(name: str, args: str = "{}"):
     try:
         from prefixrl.tasks import load_task
     except ImportError as err:
         raise ImportError("this reward verifies with prefixrl's task verifiers: `pip install prefixrl` "
                           "in the environment verl runs in") from err
-    return load_task(name)
+    return load_task(name, **json.loads(args))
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: dict | None = None,
@@ -36,7 +36,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
     if not extra_info or "problem" not in extra_info:
         raise ValueError(f"a row of data source {data_source!r} has no prefixrl problem in extra_info: "
                          "this reward scores rows written by `prefixrl export verl`")
-    task = _task(extra_info["task"])  # first: its ImportError says how to install prefixrl
+    task = _task(extra_info["task"], extra_info.get("task_args") or "{}")  # first: its ImportError says how to install prefixrl
     from prefixrl.tasks import Problem
 
     problem = Problem.from_dict(json.loads(extra_info["problem"]))
