@@ -372,7 +372,7 @@ def export_verl(data: Path = typer.Argument(..., help="Training rows from `prefi
     from prefixrl.export import export_verl as run
     from prefixrl.files import read_jsonl
     from prefixrl.models import resolve_model
-    from prefixrl.tasks import load_problems, load_task, problems_by_id
+    from prefixrl.tasks import load_problems, problems_by_id
 
     try:
         the_task = _task(task, task_arg)

@@ -43,7 +43,7 @@ from trl.models.utils import unwrap_model_for_generation
 
 from prefixrl.evaluate import score_problems
 from prefixrl.files import AppendLog, atomic_write_text
-from prefixrl.flops import FlopsLedger, inference_flops, train_flops
+from prefixrl.flops import FlopsLedger
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
 from prefixrl.runinfo import write_manifest
