@@ -109,3 +109,27 @@ def test_hf_sampler_logprobs_are_the_model_s(model, tokenizer):
             logprobs = model(ids).logits.log_softmax(-1)[0, len(prompt) - 1:-1]
         expected = logprobs.gather(-1, torch.tensor(s.token_ids)[:, None]).squeeze(-1)
         assert torch.allclose(expected, torch.tensor(s.logprobs), atol=1e-4), (expected, s.logprobs)
+
+
+def test_prefixes_calibration_samples_up_to_max_completion_length(model_dir, tmp_path, monkeypatch, sort_task):
+    """--calibrate-n samples as many tokens as training will generate (--max-completion-length), not
+    SamplingParams' default."""
+    import prefixrl.generate
+    from conftest import solve_sort
+    from prefixrl.files import write_jsonl
+
+    made = []
+
+    class Recording(HFSampler):
+        def __init__(self, model, tokenizer, params):
+            made.append(params)
+            super().__init__(model, tokenizer, params)
+
+    monkeypatch.setattr(prefixrl.generate, "HFSampler", Recording)
+    problem = sort_task.problems("train")[0]
+    write_jsonl(tmp_path / "traces.jsonl", [{"problem_id": problem.id, "prompt": problem.prompt,
+                                            "completion": solve_sort(problem.prompt)}])
+    result = invoke("prefixes", model_dir, "--task", "sort", "--traces", tmp_path / "traces.jsonl", "--calibrate-n", 1,
+                    "--max-completion-length", 9, "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert [p.max_new_tokens for p in made] == [9]

@@ -189,7 +189,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
             from prefixrl.prefixes import calibrate, success_curve
             from prefixrl.report import plot_success_vs_prefix
 
-            sampler = HFSampler(model_obj, tokenizer, SamplingParams())
+            sampler = HFSampler(model_obj, tokenizer, SamplingParams(max_new_tokens=max_completion_length))
             calibration = calibrate(the_task, sampler, tokenizer, all_traces, problems, out, n=calibrate_n,
                                     seed=seed, quiet=quiet, cfg=cfg)
             curve = success_curve(calibration)
