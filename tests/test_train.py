@@ -293,3 +293,16 @@ def test_off_policy_trace_joins_each_group_with_its_weight(setup, sort_task, tmp
     assert expected.abs().sum() > 0 and torch.allclose(all_grads(model), expected, rtol=1e-4, atol=1e-7)
     if weight == "is":
         assert trainer._metrics["train"]["importance_weight/mean"] == [pytest.approx(1.0, abs=1e-4)]
+
+
+def test_evaluation_skips_an_empty_problem_set(setup, sort_task, tmp_path, caplog):
+    """No held-out problems (e.g. --task math without a heldout= file): the hard ones are evaluated,
+    the empty set is left out (no pass@1 of nothing) and the log says so."""
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True))
+    cfg = TrainConfig(eval_n=1, max_completion_length=8)
+    with caplog.at_level("WARNING", logger="prefixrl.train"):
+        evaluator = train_module.UnprefixedEval(lambda: trainer, sort_task, {"train": list(setup.problems.values()),
+                                                "heldout": []}, cfg, tmp_path, FlopsLedger(), [])
+    row = evaluator._evaluate(0, tiny_model(setup.tok, SMALL), setup.tok, tmp_path / "evals")
+    assert 0 <= row["eval/train/pass@1"] <= 1 and not any("heldout" in key for key in row)
+    assert "no heldout problems to evaluate on: evaluating on train only" in caplog.text

@@ -26,6 +26,7 @@ same budget), and only the main process writes files.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 import warnings
@@ -52,6 +53,7 @@ from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
 # TRL calls transformers' renamed gradient_checkpointing API: its FutureWarnings say nothing to a
 # user (filtered here, not in the CLI, so experiment workers and scripts are quiet too)
 warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -387,9 +389,16 @@ class UnprefixedEval(TrainerCallback):
 
     def __init__(self, trainer_ref, task: Task, problem_sets: dict[str, list[Problem]], cfg: TrainConfig,
                  out_dir: Path, ledger: FlopsLedger, prefix_rows: list[dict]):
-        self.trainer_ref, self.task, self.problem_sets, self.cfg = trainer_ref, task, problem_sets, cfg
+        self.trainer_ref, self.task, self.cfg = trainer_ref, task, cfg
         self.out_dir, self.ledger, self.prefix_rows = out_dir, ledger, prefix_rows
         self.main = trainer_ref().accelerator.is_main_process
+        # an empty set has no pass@1 (e.g. --task math without a heldout= file): evaluate the others
+        self.problem_sets = {name: problems for name, problems in problem_sets.items() if problems}
+        empty = sorted(set(problem_sets) - set(self.problem_sets))
+        if empty and self.main:
+            rest = " and ".join(self.problem_sets)
+            logger.warning("no %s problems to evaluate on%s", " or ".join(empty),
+                           f": evaluating on {rest} only" if rest else "")
         self.log = AppendLog(out_dir / "eval.jsonl") if self.main else None
         done = [[row["step"] for row in self.log.rows] if self.main else None]
         self.done = set(broadcast_object_list(done)[0])  # every process skips the same steps
