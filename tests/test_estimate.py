@@ -179,3 +179,9 @@ def test_cli_table_and_json(tmp_path):
     assert table.exit_code == 0 and "total" in table.output and "MFU 50% for updates" in table.output
     bad = CliRunner().invoke(app, ["estimate", str(path), "--generated-share", "1.5"])
     assert bad.exit_code == 2 and "generated_share" in bad.output
+
+
+def test_eval_every_0_estimates_no_evaluation_during_training(tmp_path):
+    config = {**SMALL_CONFIG, "train": {**SMALL_CONFIG["train"], "eval_every": 0}}
+    parts = flops_by_part(estimate_file(write_config(tmp_path, config), SMALL_ASSUMPTIONS))
+    assert ("evaluate", "during training") not in parts and ("evaluate", "final") in parts

@@ -306,3 +306,11 @@ def test_evaluation_skips_an_empty_problem_set(setup, sort_task, tmp_path, caplo
     row = evaluator._evaluate(0, tiny_model(setup.tok, SMALL), setup.tok, tmp_path / "evals")
     assert 0 <= row["eval/train/pass@1"] <= 1 and not any("heldout" in key for key in row)
     assert "no heldout problems to evaluate on: evaluating on train only" in caplog.text
+
+
+def test_eval_every_0_means_no_evaluation_at_all(setup, sort_task, tmp_path):
+    """train() itself keeps the rule (not only the CLI): not at step 0, not after the last step."""
+    cfg = TrainConfig(steps=1, problems_per_step=2, num_generations=2, max_completion_length=16, eval_every=0,
+                      save_every=1, progress_bar=False)
+    train(sort_task, str(setup.model_dir), setup.rows, tmp_path, cfg, eval_problems={"train": list(setup.problems.values())})
+    assert (tmp_path / "model").is_dir() and not (tmp_path / "eval.jsonl").exists()

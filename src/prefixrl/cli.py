@@ -264,7 +264,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         hard = [by_id[pid] for pid in dict.fromkeys(r["problem_id"] for r in rows)]
         evals = {"train": hard, "heldout": load_problems(the_task, heldout)}
         path = run_method(method, the_task, resolve_model(model), rows, out, cfg,
-                          traces=load_traces(traces) if traces else None, eval_problems=evals if eval_every else None,
+                          traces=load_traces(traces) if traces else None, eval_problems=evals,
                           prior_flops=FlopsLedger(prior_flops) if prior_flops else None,
                           sft_cfg=SFTStageConfig(seed=seed, **({"epochs": sft_epochs} if sft_epochs else {})))
     except (ValueError, InputError, ImportError) as err:

@@ -154,10 +154,12 @@ def estimate(cfg, n_params: int, a: Assumptions | None = None, hw: Hardware | No
     if t.beta:  # train.py's reference forward pass
         add("train", "reference forward (beta > 0)", samples, t.max_completion_length, n_params)
     problems = solved + heldout
-    # train.py evaluates at step 0, every eval_every steps, and after the last step if not just done
-    evals = 1 + (t.steps // t.eval_every if t.eval_every else 0) + (not t.eval_every or t.steps % t.eval_every > 0)
-    add("evaluate", f"during training: {evals} x {problems:,.0f} problems x {t.eval_n}", evals * problems * t.eval_n,
-        t.max_completion_length, n_params)
+    # train.py evaluates at step 0, every eval_every steps, and after the last step if not just done;
+    # eval_every 0: never
+    evals = 1 + t.steps // t.eval_every + (t.steps % t.eval_every > 0) if t.eval_every else 0
+    if evals:
+        add("evaluate", f"during training: {evals} x {problems:,.0f} problems x {t.eval_n}",
+            evals * problems * t.eval_n, t.max_completion_length, n_params)
     e = cfg.evaluate
     add("evaluate", f"final: 2 policies x {problems:,.0f} problems x {e.n}", 2 * problems * e.n, max_new, n_params)
     traces = min(e.calibration_traces, solved)

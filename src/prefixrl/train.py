@@ -542,7 +542,7 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     if not cfg.progress_bar:
         trainer.remove_callback(PrinterCallback)  # without the bar, Trainer prints every step's logs instead
     evaluator = None
-    if eval_problems:
+    if eval_problems and cfg.eval_every:  # eval_every 0: no evaluation at all, not even at the start and end
         evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, nll_rows)
         trainer.add_callback(evaluator)
         evaluator.evaluate(0)
