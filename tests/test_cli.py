@@ -133,3 +133,26 @@ def test_prefixes_calibration_samples_up_to_max_completion_length(model_dir, tmp
                     "--max-completion-length", 9, "--out", tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
     assert [p.max_new_tokens for p in made] == [9]
+
+
+@pytest.fixture
+def sort_rows(sort_task, tmp_path):
+    """A `prefixrl prefixes` data file for two sort problems."""
+    from conftest import solve_sort
+    from prefixrl.files import write_jsonl
+    from prefixrl.prefixes import prefixed_problems
+
+    problems = {p.id: p for p in sort_task.problems("train")[:2]}
+    traces = [{"problem_id": pid, "completion": solve_sort(p.prompt)} for pid, p in problems.items()]
+    write_jsonl(tmp_path / "train.jsonl", prefixed_problems(char_tokenizer(), traces, problems))
+    return tmp_path / "train.jsonl"
+
+
+def test_train_passes_eval_batch_size(model_dir, sort_rows, tmp_path, monkeypatch):
+    import prefixrl.methods
+
+    seen = {}
+    monkeypatch.setattr(prefixrl.methods, "run_method", lambda *args, **kwargs: seen.update(cfg=args[5]) or tmp_path)
+    result = invoke("train", model_dir, "--task", "sort", "--data", sort_rows, "--eval-batch-size", 7)
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"].eval_batch_size == 7

@@ -440,3 +440,22 @@ def test_adaptive_resume_matches_an_uninterrupted_run(adaptive_run, resumed_run)
 def test_adaptive_resume_keeps_the_prefix_nll_set(adaptive_run, resumed_run):
     nll = [[r.get("eval/prefix_nll") for r in read(run.out / "eval.jsonl")] for run in (resumed_run, adaptive_run)]
     assert nll[0] == nll[1]
+
+
+def test_adaptive_calibration_samples_in_batches_of_eval_batch_size(setup, sort_task, tmp_path, monkeypatch):
+    import prefixrl.adaptive as adaptive_module
+
+    made = []
+
+    class Recording(adaptive_module.HFSampler):
+        def __init__(self, model, tokenizer, params):
+            made.append(params)
+            super().__init__(model, tokenizer, params)
+
+    monkeypatch.setattr(adaptive_module, "HFSampler", Recording)
+    adaptive = adaptive_module.AdaptivePrefixes(sort_task, setup.problems, setup.traces, ADAPTIVE_PREFIXES,
+                                                AdaptiveConfig(every=1, n=1), tmp_path, max_new_tokens=8, batch_size=3)
+    adaptive.start(0)
+    model, tok = load_model(str(setup.model_dir), device="cpu")
+    adaptive.rows(model, tok, 0, FlopsLedger())
+    assert [(p.batch_size, p.max_new_tokens) for p in made] == [(3, 8)]

@@ -314,3 +314,22 @@ def test_eval_every_0_means_no_evaluation_at_all(setup, sort_task, tmp_path):
                       save_every=1, progress_bar=False)
     train(sort_task, str(setup.model_dir), setup.rows, tmp_path, cfg, eval_problems={"train": list(setup.problems.values())})
     assert (tmp_path / "model").is_dir() and not (tmp_path / "eval.jsonl").exists()
+
+
+def test_evaluation_samples_in_batches_of_eval_batch_size(setup, sort_task, tmp_path, monkeypatch):
+    made = []
+
+    class Recording(train_module.HFSampler):
+        def __init__(self, model, tokenizer, params):
+            made.append(params)
+            super().__init__(model, tokenizer, params)
+
+    monkeypatch.setattr(train_module, "HFSampler", Recording)
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True))
+    cfg = TrainConfig(eval_n=1, max_completion_length=8, eval_batch_size=3)
+    evaluator = train_module.UnprefixedEval(lambda: trainer, sort_task, {"train": list(setup.problems.values())}, cfg,
+                                            tmp_path, FlopsLedger(), [])
+    evaluator._evaluate(0, tiny_model(setup.tok, SMALL), setup.tok, tmp_path / "evals")
+    assert [(p.batch_size, p.max_new_tokens) for p in made] == [(3, 8)]
+    with pytest.raises(ValueError, match="eval_batch_size"):
+        TrainConfig(eval_batch_size=0)

@@ -61,8 +61,9 @@ class AdaptivePrefixes(TrainerCallback):
     """Re-chooses every row's prefix every `cfg.every` steps (see the module docstring)."""
 
     def __init__(self, task: Task, problems: dict[str, Problem], traces: list[dict], prefix_cfg: PrefixConfig,
-                 cfg: AdaptiveConfig, out_dir: Path, max_new_tokens: int):
+                 cfg: AdaptiveConfig, out_dir: Path, max_new_tokens: int, batch_size: int = 512):
         self.task, self.problems, self.cfg, self.max_new_tokens = task, problems, cfg, max_new_tokens
+        self.batch_size = batch_size  # sequences per generation batch (TrainConfig.eval_batch_size)
         self.prefix_cfg = replace(prefix_cfg, policy="adaptive", band=tuple(cfg.band))
         self.folder, self.traces = Path(out_dir) / "adaptive", traces
         self.trainer_ref = None
@@ -93,7 +94,8 @@ class AdaptivePrefixes(TrainerCallback):
         traces = read_jsonl(folder / "traces.jsonl")
         was_training = model.training
         model.eval()
-        sampler = HFSampler(model, tokenizer, SamplingParams(max_new_tokens=self.max_new_tokens, batch_size=512))
+        params = SamplingParams(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        sampler = HFSampler(model, tokenizer, params)
         prefix_cfg = with_context_limit(self.prefix_cfg, model, self.max_new_tokens)
         calibration = calibrate(self.task, sampler, tokenizer, traces, self.problems, folder, n=self.cfg.n,
                                 seed=step, quiet=True, cfg=prefix_cfg)

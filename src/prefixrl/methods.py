@@ -105,7 +105,7 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
     if method == "prefixrl-adaptive":
         adaptive = AdaptivePrefixes(task, problems, traces,
                                     prefix_cfg or PrefixConfig(), adaptive_cfg or AdaptiveConfig(), out_dir,
-                                    cfg.max_completion_length)
+                                    cfg.max_completion_length, cfg.eval_batch_size)
     return train(task, model_path, selected, out_dir, cfg, eval_problems=eval_problems, prior_flops=prior_flops,
                  off_policy=off_policy, adaptive=adaptive)
 

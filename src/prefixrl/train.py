@@ -70,6 +70,8 @@ class TrainConfig:
     eval_every: int = 20  # steps between unprefixed evaluations (0: never)
     eval_n: int = 16  # samples per problem at each evaluation
     eval_temperature: float = 0.7  # the paper evaluates at 0.7
+    eval_batch_size: int = 512  # sequences per generation batch when evaluating (and prefixrl-adaptive's
+    # calibration): lower it for long samples on big models (512 x 16k tokens on an 8 B model run out of memory)
     save_every: int = 50  # steps between checkpoints (a killed run resumes from the last)
     budget_flops: float | None = None  # stop once the run's ledger (charged prior stages included) reaches it
     report_to: str = "none"  # any of TRL's: tensorboard, trackio, wandb
@@ -93,7 +95,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "problems_per_step", "num_generations", "max_completion_length", "eval_n",
-                     "vllm_tensor_parallel_size"):
+                     "eval_batch_size", "vllm_tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_generations < 2:
@@ -424,7 +426,8 @@ class UnprefixedEval(TrainerCallback):
         was_training = model.training
         model.eval()
         sampler = HFSampler(model, tokenizer, SamplingParams(
-            temperature=self.cfg.eval_temperature, max_new_tokens=self.cfg.max_completion_length, batch_size=512))
+            temperature=self.cfg.eval_temperature, max_new_tokens=self.cfg.max_completion_length,
+            batch_size=self.cfg.eval_batch_size))
         row = {"step": step, "flops": self.ledger.total}
         for name, problems in self.problem_sets.items():
             scores = score_problems(self.task, sampler, problems, self.cfg.eval_n, evals / f"step-{step}-{name}",
