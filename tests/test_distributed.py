@@ -189,6 +189,31 @@ def test_batch_split_refuses_uneven_shares(tmp_path):
     assert args.steps_per_generation == 2  # one generation per optimizer step
 
 
+@pytest.mark.parametrize("asked, launcher_env, expected", [
+    (False, {}, False), (True, {}, True),
+    (False, {"ACCELERATE_MIXED_PRECISION": "bf16"}, True),  # an accelerate config's mixed_precision: bf16
+    (False, {"ACCELERATE_MIXED_PRECISION": "no"}, False)])
+def test_bf16_follows_the_config_or_the_accelerate_launch(tmp_path, monkeypatch, asked, launcher_env, expected):
+    """DeepSpeed refuses bf16 enabled by the accelerate config but not by the Trainer: they must agree."""
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    for name, value in launcher_env.items():
+        monkeypatch.setenv(name, value)
+    assert grpo_config(TrainConfig(bf16=asked), tmp_path, processes=1).bf16 is expected
+
+
+@pytest.mark.parametrize("bf16, launcher_env, dtype", [
+    (True, {"ACCELERATE_USE_DEEPSPEED": "true"}, torch.bfloat16),  # fp32 master weights in DeepSpeed's optimizer
+    (True, {"ACCELERATE_USE_FSDP": "true"}, torch.bfloat16),  # accelerate upcasts FSDP's parameters to fp32
+    (True, {}, torch.float32),  # one process or DDP: AdamW steps the loaded weights, which must be fp32
+    (False, {"ACCELERATE_USE_DEEPSPEED": "true"}, torch.float32)])
+def test_policy_loads_in_bf16_only_where_fp32_master_weights_are_kept(monkeypatch, bf16, launcher_env, dtype):
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in launcher_env.items():
+        monkeypatch.setenv(name, value)
+    assert train_module.policy_dtype(bf16) == dtype
+
+
 @pytest.mark.parametrize("process, expected", [(0, [1]), (1, [0, 2])])
 def test_trace_goes_to_each_groups_last_sample_across_processes(process, expected):
     """3 problems x 2 samples over 2 processes: global rows 0-1, 2-3, 4-5 are the groups; process 0

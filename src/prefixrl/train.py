@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import broadcast_object_list, gather_object, get_int_from_env
+from accelerate.utils import broadcast_object_list, gather_object, get_int_from_env, parse_flag_from_env
 from datasets import Dataset
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
@@ -82,7 +83,8 @@ class TrainConfig:
     # -- scale: memory and processes (a step's batch stays problems_per_step x num_generations) ---------
     micro_batch_size: int | None = None  # samples per process per forward/backward (None: its whole share);
     # smaller ones accumulate gradients, so the optimizer still steps once per batch
-    bf16: bool = False  # bf16 mixed precision (GPUs; an accelerate config's mixed_precision also sets it)
+    bf16: bool = False  # bf16 mixed precision (GPUs; an accelerate config's mixed_precision: bf16 also sets it,
+    # see use_bf16); the weights load in bf16 where DeepSpeed / FSDP keep fp32 master copies (policy_dtype)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: long sequences fit
     # -- vLLM rollouts (TRL's GRPOConfig options of the same names; GPU only, README "On GPUs") -----------
     use_vllm: bool = False
@@ -480,7 +482,7 @@ def grpo_config(cfg: TrainConfig, out_dir: Path, processes: int | None = None) -
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, loss_type=cfg.loss_type,
         scale_rewards=cfg.scale_rewards, beta=cfg.beta, num_iterations=1, temperature=cfg.temperature,
         top_k=0, top_p=1.0, max_completion_length=cfg.max_completion_length, seed=cfg.seed, data_seed=cfg.seed,
-        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
+        bf16=use_bf16(cfg), gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
         report_to=cfg.report_to, logging_steps=1, save_strategy="steps", save_steps=cfg.save_every,
         save_total_limit=2, save_only_model=False, disable_tqdm=not cfg.progress_bar, remove_unused_columns=False,
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_base_url,
@@ -488,6 +490,23 @@ def grpo_config(cfg: TrainConfig, out_dir: Path, processes: int | None = None) -
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
     )
+
+
+def use_bf16(cfg: TrainConfig) -> bool:
+    """bf16 mixed precision: asked for, or set by the accelerate config the run was launched with
+    (mixed_precision: bf16, as in configs/accelerate/), which the Trainer's bf16 must agree with:
+    DeepSpeed refuses a run whose config enables bf16 while the Trainer's bf16 is False."""
+    return cfg.bf16 or os.environ.get("ACCELERATE_MIXED_PRECISION") == "bf16"
+
+
+def policy_dtype(bf16: bool) -> torch.dtype:
+    """The dtype the policy's weights load in. bf16 (half the memory of an 8 B model's fp32 weights)
+    only where fp32 master weights are kept anyway: DeepSpeed's optimizer holds fp32 copies, and
+    accelerate upcasts FSDP's parameters to fp32 under mixed precision. A single process or DDP
+    steps AdamW on the loaded weights themselves: in bf16 (8 significant bits) an update of 1e-6 to a
+    weight of 0.01 rounds away, so they stay fp32 and bf16 autocast does the compute (TRL's default too)."""
+    sharded = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") or parse_flag_from_env("ACCELERATE_USE_FSDP")
+    return torch.bfloat16 if bf16 and sharded else torch.float32
 
 
 def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cfg: TrainConfig | None = None,
@@ -518,7 +537,8 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
                          "shared between processes; launch it without accelerate (or with --num_processes 1)")
     if main:
         atomic_write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=2))
-    model, tokenizer = load_model(model_path, device=str(args.device))  # this process's device
+    # this process's device; bf16 weights only under DeepSpeed / FSDP (policy_dtype)
+    model, tokenizer = load_model(model_path, device=str(args.device), dtype=policy_dtype(args.bf16))
     problems = problems_by_id(task)
     problems.update({p.id: p for ps in (eval_problems or {}).values() for p in ps})
     checkpoint = _last_checkpoint(out_dir)
@@ -560,7 +580,7 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         write_manifest(out_dir, stage="train", config={"task": task.name, "task_args": task_args(task),
                        "model": model_path, **asdict(cfg)},
                        seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start,
-                       extra={"processes": args.world_size})
+                       extra={"processes": args.world_size, "bf16": args.bf16})
     trainer.accelerator.wait_for_everyone()  # the run is done when its files are
     return out_dir / "model"
 
