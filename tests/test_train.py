@@ -333,3 +333,21 @@ def test_evaluation_samples_in_batches_of_eval_batch_size(setup, sort_task, tmp_
     assert [(p.batch_size, p.max_new_tokens) for p in made] == [(3, 8)]
     with pytest.raises(ValueError, match="eval_batch_size"):
         TrainConfig(eval_batch_size=0)
+
+
+def test_resume_skips_a_half_written_checkpoint(tmp_path):
+    """A kill mid-save leaves checkpoint-N without its last files: the one before it is resumed."""
+    def checkpoint(step, *files):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        for name in ("model.safetensors", *files):
+            (folder / name).write_text("{}")
+        return folder
+
+    assert train_module._last_checkpoint(tmp_path) is None
+    checkpoint(2, "trainer_state.json")  # killed before the ledger was written: incomplete
+    assert train_module._last_checkpoint(tmp_path) is None
+    complete = checkpoint(1, "trainer_state.json", "flops.json")
+    checkpoint(10)  # killed while writing the weights
+    assert train_module._last_checkpoint(tmp_path) == complete
+    assert train_module._last_checkpoint(tmp_path / "nowhere") is None

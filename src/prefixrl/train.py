@@ -586,8 +586,12 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
 
 
 def _last_checkpoint(out_dir: Path) -> Path | None:
-    checkpoints = sorted((out_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
+    """The newest complete checkpoint. A kill mid-save leaves a checkpoint-N without the files written
+    last (the Trainer's trainer_state.json, then the ledger's flops.json): the one before it is
+    resumed instead (save_total_limit=2 keeps it until the new one is written)."""
+    complete = [p for p in (out_dir / "checkpoints").glob("checkpoint-*")
+                if (p / "trainer_state.json").is_file() and (p / "flops.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
 def _resume_ledger(out_dir: Path, checkpoint: Path | None, prior: FlopsLedger | None, write: bool = True
