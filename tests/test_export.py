@@ -131,15 +131,23 @@ def test_compute_score_scores_prefix_plus_continuation(name, chain_task, sort_ta
 
 def test_compute_score_on_math(monkeypatch, tmp_path):
     """A math row scored by verl's reward in another directory: the task is rebuilt from the
-    options the export recorded (its files made absolute), and math-verify checks prefix + continuation."""
+    options the export recorded (its files and folders made absolute), and math-verify checks
+    prefix + continuation."""
+    import os
+
+    from prefixrl.files import read_jsonl
     from prefixrl.tasks import load_task
     from prefixrl.verl_reward import _task, compute_score
 
-    task = load_task("math", train="tests/data/math_problems.jsonl", id_column="id")
+    datasets.Dataset.from_list(read_jsonl("tests/data/math_heldout.jsonl")).save_to_disk(str(tmp_path / "saved"))
+    saved = os.path.relpath(tmp_path / "saved")  # a `datasets` folder, named relative to here
+    task = load_task("math", train="tests/data/math_problems.jsonl", heldout=saved, id_column="id")
     problem = problems_by_id(task)["prealgebra/2"]
     prefix = " 3/6 = "
     info = verl_row(task, problem, problem.prompt + prefix, prefix, "train", 0)["extra_info"]
-    assert json.loads(info["task_args"])["train"] == str(Path("tests/data/math_problems.jsonl").resolve())
+    args = json.loads(info["task_args"])
+    assert args["train"] == str(Path("tests/data/math_problems.jsonl").resolve())
+    assert args["heldout"] == str((tmp_path / "saved").resolve())
     monkeypatch.chdir(tmp_path)  # verl's workers: another working directory
     _task.cache_clear()
     assert compute_score("prefixrl/math", "1/2, so the answer is $\\boxed{\\dfrac{1}{2}}$.", problem.answer, info) == 1.0

@@ -83,8 +83,9 @@ def verl_row(task: Task, problem: Problem, prompt: str, prefix: str, split: str,
 
 
 def _portable(args: dict) -> dict:
-    """Task options with the files they name made absolute: verl's reward workers run elsewhere."""
-    return {k: str(Path(v).resolve()) if isinstance(v, str) and Path(v).is_file() else v for k, v in args.items()}
+    """Task options with the files and folders (a saved `datasets` one) they name made absolute: verl's
+    reward workers run elsewhere."""
+    return {k: str(Path(v).resolve()) if isinstance(v, str) and Path(v).exists() else v for k, v in args.items()}
 
 
 def export_verl(rows: list[dict], task: Task, problems: dict[str, Problem], out: str | Path,
