@@ -119,6 +119,46 @@ def test_bad_rows_and_ids(tmp_path):
         load_task("math", train=str(tmp_path / "bad.jsonl"))
 
 
+DAPO_ROWS = [  # DAPO-Math-17k's layout: the question in a list of chat messages, the answer nested
+    {"prompt": [{"role": "user", "content": question}], "reward_model": {"ground_truth": answer, "style": "rule"}}
+    for question, answer in (("Compute $6 \\times 7$.", "42"), ("Compute $2^5$.", "32"))]
+
+
+def test_non_text_question_or_answer_is_an_error_naming_row_column_type_and_fix(tmp_path):
+    import datasets
+
+    path = tmp_path / "dapo.parquet"
+    flat = [{**row, "answer": row["reward_model"]["ground_truth"]} for row in DAPO_ROWS]
+    datasets.Dataset.from_list(flat).to_parquet(str(path))
+    with pytest.raises(InputError) as err:  # not the text of a list
+        load_task("math", train=str(path), question_column="prompt")
+    message = str(err.value)
+    assert f"{path}, row 1: column 'prompt' (question) holds a list, not text" in message
+    assert "--task-arg question_column=prompt.0.content" in message
+    with pytest.raises(InputError) as err:
+        load_task("math", train=str(path), question_column="prompt.0.content", answer_column="reward_model")
+    message = str(err.value)
+    assert f"{path}, row 1: column 'reward_model' (answer) holds a dict, not text" in message
+    assert "--task-arg answer_column=reward_model.ground_truth" in message and "['ground_truth', 'style']" in message
+
+
+def test_dotted_columns_name_nested_fields(tmp_path):
+    import datasets
+
+    numbers = [{**row, "reward_model": {"ground_truth": int(row["reward_model"]["ground_truth"])}} for row in DAPO_ROWS]
+    (tmp_path / "dapo.jsonl").write_text("".join(json.dumps(row) + "\n" for row in numbers))
+    datasets.Dataset.from_list(DAPO_ROWS).save_to_disk(str(tmp_path / "saved"))
+    for path in (tmp_path / "dapo.jsonl", tmp_path / "saved"):
+        task = load_task("math", train=str(path), question_column="prompt.0.content",
+                         answer_column="reward_model.ground_truth")
+        problems = task.problems("train")
+        assert [(p.prompt.split("\n")[0], p.answer) for p in problems] == [
+            ("Compute $6 \\times 7$.", "42"), ("Compute $2^5$.", "32")]  # (the JSONL's answers are numbers)
+    with pytest.raises(InputError, match=r"row 1: no column 'reward_model\.gold' for the answer.*COLUMN\.FIELD"):
+        load_task("math", train=str(tmp_path / "saved"), question_column="prompt.0.content",
+                  answer_column="reward_model.gold")
+
+
 def test_unknown_and_missing_task_options_are_named():
     with pytest.raises(ValueError, match=r"task 'math' has no option \['colum'\]: its options are \['train', "):
         load_task("math", train=str(TRAIN), colum="q")

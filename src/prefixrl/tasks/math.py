@@ -5,9 +5,11 @@
 
 Problems come from JSONL, Parquet or a `datasets.save_to_disk` folder, one problem per row; the
 columns holding the question and the answer are options, as are an id, a source and a difficulty
-column. `train` is the training file (the problems screened for hard ones), `heldout` a separate
-file never trained on, `easy` an optional third file. The prompt is the question followed by an
-instruction to put the final answer in \\boxed{}.
+column. A dotted column names a nested field, a number in it a list item (DAPO-Math-17k:
+`question_column=prompt.0.content`, `answer_column=reward_model.ground_truth`); the question and the
+answer must be text (an answer may also be a number). `train` is the training file (the problems
+screened for hard ones), `heldout` a separate file never trained on, `easy` an optional third file.
+The prompt is the question followed by an instruction to put the final answer in \\boxed{}.
 
 Verification: a solution whose one \\boxed{} holds the gold answer verbatim (up to spaces, `$`,
 \\left/\\right, \\dfrac) is correct at once. Anything else goes to math-verify, `parse` then
@@ -88,15 +90,54 @@ def check_answer(gold: str, solution: str) -> tuple[bool, str | None]:
 
 
 # --- problems --------------------------------------------------------------------------------
-def _column(record: dict, role: str, column: str, where: str):
-    if column not in record:
-        option = COLUMN_OPTIONS[role]
+_MISSING = object()
+
+
+def _lookup(record: dict, column: str):
+    """record[column], where a dotted column names a nested field (`reward_model.ground_truth`), and
+    a number in it an item of a list (`prompt.0.content`: the first chat message's text)."""
+    if column in record:
+        return record[column]
+    value = record
+    for key in column.split("."):
+        if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            return _MISSING
+    return value
+
+
+def _column(record: dict, role: str, column: str, where: str, text: bool = False):
+    """The row's value in `column` for `role` (question, answer, id, ...); text=True: as text (_text)."""
+    value = _lookup(record, column)
+    option = COLUMN_OPTIONS[role]
+    if value is _MISSING:
         raise InputError(f"{where}: no column {column!r} for the {role}; the columns are {sorted(record)}. "
-                         f"Name it with --task-arg {option}=COLUMN (in a config: task_args: {{{option}: COLUMN}})")
-    value = record[column]
+                         f"Name it with --task-arg {option}=COLUMN (in a config: task_args: {{{option}: COLUMN}}; "
+                         "a nested field: COLUMN.FIELD)")
     if value is None or (isinstance(value, str) and not value.strip()):
         raise InputError(f"{where}: column {column!r} ({role}) is empty; fill it or remove that row")
-    return value
+    return _text(value, role, column, where) if text else value
+
+
+def _text(value, role: str, column: str, where: str) -> str:
+    """A question or answer as text; anything else (DAPO-Math-17k's `prompt` is a list of chat
+    messages) is an error that says what to name instead, never str() of a list."""
+    if isinstance(value, str) or (role == "answer" and isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return str(value)
+    option, shown = COLUMN_OPTIONS[role], repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    if isinstance(value, dict):
+        fix = (f"name one of its fields with a dotted path, e.g. --task-arg {option}={column}."
+               f"{next(iter(value), 'FIELD')} (its fields are {sorted(value)})")
+    elif isinstance(value, list) and value and isinstance(value[0], dict) and "content" in value[0]:
+        fix = f"name a message's text with a dotted path, e.g. --task-arg {option}={column}.0.content"
+    else:
+        fix = f"name a text column with --task-arg {option}=COLUMN (a nested one: COLUMN.FIELD)"
+    raise InputError(f"{where}: column {column!r} ({role}) holds a {type(value).__name__}, not text: {shown}; {fix}")
 
 
 def _difficulty(value, where: str) -> int:
@@ -115,8 +156,8 @@ def read_problems(path: str | Path, split: str, columns: dict[str, str | None], 
         if isinstance(record, InputError):
             raise record
         where = f"{path}, {unit} {n}"
-        question = str(_column(record, "question", columns["question"], where)).strip()
-        answer = gold_answer(_column(record, "answer", columns["answer"], where))
+        question = _column(record, "question", columns["question"], where, text=True).strip()
+        answer = gold_answer(_column(record, "answer", columns["answer"], where, text=True))
         if columns["id"]:
             pid = str(_column(record, "id", columns["id"], where))
             if pid in seen:
