@@ -118,6 +118,18 @@ def test_trace_methods_need_traces(setup, sort_task, tmp_path, method, traces):
     assert not (tmp_path / "out").exists()  # refused before anything ran
 
 
+@pytest.mark.parametrize("method", ["sft-rl", "offpolicy-is", "luffy", "prefixrl-adaptive"])
+def test_methods_with_a_stage_of_their_own_refuse_several_processes(setup, sort_task, tmp_path, monkeypatch, method):
+    """Under `accelerate launch` (WORLD_SIZE > 1) each process would run the SFT stage, the behaviour
+    log-probs or the calibration alone and write the same files: refused before anything ran."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"runs in one process .*--num_processes 1") as err:
+        run_method(method, sort_task, str(setup.model_dir), setup.rows, tmp_path / "out", cfg_for(method),
+                   traces=setup.traces)
+    assert repr(method) in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("method", ["prefixrl-adaptive", "offpolicy-is", "luffy"])
 def test_trace_methods_need_traces_of_their_problems(setup, sort_task, tmp_path, method):
     others = [{"problem_id": p.id, "completion": solve_sort(p.prompt)} for p in sort_task.problems("train")[2:4]]

@@ -32,7 +32,7 @@ from prefixrl.models import encode_prompt, load_model, n_params, sequence_logpro
 from prefixrl.adaptive import AdaptiveConfig, AdaptivePrefixes
 from prefixrl.prefixes import PrefixConfig, hint_rows, render_prompt
 from prefixrl.tasks import Problem, Task, problems_by_id
-from prefixrl.train import OffPolicyTraces, TrainConfig, train
+from prefixrl.train import OffPolicyTraces, TrainConfig, train, world_size
 
 METHODS = {
     "prefixrl": "3 prefixed : 1 unprefixed problems",
@@ -47,6 +47,11 @@ METHODS = {
 }
 USES_TRACES = {"sft-rl", "offpolicy-is", "luffy", "prefixrl-adaptive"}  # besides the rows cut from them
 TRACE_FREE = {"rl", "rl-n64"}  # never see a trace: not charged the collection FLOPs
+# work outside the shared RL loop, which every process would do alone, writing the same files
+ONE_PROCESS = {"sft-rl": "its SFT stage would run in every process, each writing the same sft/ folder",
+               "offpolicy-is": "every process would compute the behaviour log-probs of every trace alone",
+               "luffy": "every process would compute the behaviour log-probs of every trace alone",
+               "prefixrl-adaptive": "its calibration and trace pool are not shared between processes"}
 
 
 def select_rows(rows: list[dict], method: str, tokenizer=None, problems: dict[str, Problem] | None = None) -> list[dict]:
@@ -72,6 +77,9 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
                sft_cfg=None, prefix_cfg: PrefixConfig | None = None, adaptive_cfg: AdaptiveConfig | None = None
                ) -> Path:
     """Train `method` from `model_path` into out_dir (resumable); returns the trained model's folder."""
+    if method in ONE_PROCESS and world_size() > 1:  # before anything runs
+        raise ValueError(f"method {method!r} runs in one process ({ONE_PROCESS[method]}); launch it without "
+                         "accelerate (or with --num_processes 1)")
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
     problems = problems_by_id(task)
