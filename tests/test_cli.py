@@ -156,3 +156,11 @@ def test_train_passes_eval_batch_size(model_dir, sort_rows, tmp_path, monkeypatc
     result = invoke("train", model_dir, "--task", "sort", "--data", sort_rows, "--eval-batch-size", 7)
     assert result.exit_code == 0, result.output
     assert seen["cfg"].eval_batch_size == 7
+
+
+def test_train_refuses_rows_of_another_task(model_dir, sort_rows):
+    result = invoke("train", model_dir, "--task", "chain", "--data", sort_rows)
+    assert result.exit_code == 2  # an error message, not a KeyError's traceback
+    message = " ".join(result.output.split())  # as one line, whatever the terminal's width
+    assert f"{sort_rows}: 2 of 2 problems are not task 'chain''s, e.g. 'sort-" in message
+    assert "--task (and --task-arg) the rows were made for" in message

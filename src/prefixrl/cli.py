@@ -263,7 +263,12 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                           vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
                           vllm_tensor_parallel_size=vllm_tensor_parallel_size)
         by_id = problems_by_id(the_task)
-        hard = [by_id[pid] for pid in dict.fromkeys(r["problem_id"] for r in rows)]
+        ids = list(dict.fromkeys(r["problem_id"] for r in rows))
+        unknown = [pid for pid in ids if pid not in by_id]
+        if unknown:
+            raise InputError(f"{data}: {len(unknown)} of {len(ids)} problems are not task {the_task.name!r}'s, e.g. "
+                             f"{unknown[0]!r}: train with the --task (and --task-arg) the rows were made for")
+        hard = [by_id[pid] for pid in ids]
         evals = {"train": hard, "heldout": load_problems(the_task, heldout)}
         path = run_method(method, the_task, resolve_model(model), rows, out, cfg,
                           traces=load_traces(traces) if traces else None, eval_problems=evals,
