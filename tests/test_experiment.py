@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prefixrl.experiment import run_experiment
-from prefixrl.files import read_jsonl
+from prefixrl.files import InputError, read_jsonl
 
 torch.set_num_threads(1)
 BUDGET, STEPS = 2.4e10, 6
@@ -142,3 +142,33 @@ def test_traces_from_another_model(tmp_path):
     mine = [sequence_logprobs(m, tokenizer, problem.prompt, trace["token_ids"]) for m in (other, policy)]
     assert trace["logprobs"] == pytest.approx(mine[0], abs=1e-4)
     assert trace["logprobs"] != pytest.approx(mine[1], abs=1e-4)
+
+
+def test_prepared_prefixes_keep_to_the_context_window(chain_task, tmp_path, monkeypatch):
+    """The data stages bound a prefixed prompt by the policy's context window (256 tokens) less the
+    tokens training generates, as `prefixrl prefixes` does (screening and collection stubbed)."""
+    from rich.console import Console
+
+    import prefixrl.pipeline as pipeline
+    from conftest import solve_chain
+    from prefixrl.pipeline import PipelineConfig, build_config, prepare_data
+    from prefixrl.prefixes import prefixed_problems
+
+    hard = chain_task.problems("train")[:2]
+    traces = [{"problem_id": p.id, "completion": solve_chain(p.prompt)} for p in hard]
+    monkeypatch.setattr(pipeline, "screen", lambda *args, **kwargs: hard)
+    monkeypatch.setattr(pipeline, "collect", lambda *args, **kwargs: traces)
+    cfg = build_config(PipelineConfig, {"task": "chain", "prefixes": {"on_too_long": "truncate"}}, "test")
+    room = max(len(p.prompt) for p in hard) + 5  # a char-level base model: a prompt's tokens are its characters
+    data = prepare_data(cfg, tmp_path, Console(quiet=True), quiet=True, max_completion_length=256 - room)
+    prompts = {p.id: p.prompt for p in hard}
+    prefixed = [r for r in data.rows if r["prefixed"]]
+    assert prefixed and all(len(prompts[r["problem_id"]]) + r["prefix_tokens"] <= room for r in prefixed)
+    assert (tmp_path / "prefixes" / "train.jsonl").exists()
+    refused = build_config(PipelineConfig, {"task": "chain"}, "test")  # on_too_long: error
+    with pytest.raises(InputError, match="trace 0"):
+        prepare_data(refused, tmp_path / "refused", Console(quiet=True), quiet=True, max_completion_length=256 - room)
+    # by default the sampling's max_new_tokens (128) leaves room for every prefix, uncut
+    uncut = prepare_data(refused, tmp_path / "default", Console(quiet=True), quiet=True).rows
+    expected = prefixed_problems(data.sampler.tokenizer, traces, {p.id: p for p in hard}, refused.prefixes)
+    assert [r["prefix"] for r in uncut] == [r["prefix"] for r in expected]

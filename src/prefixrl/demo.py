@@ -53,7 +53,7 @@ def run_demo(config_path: str | Path, out: str | Path, quiet: bool = False, cons
     start = time.time()
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     console.print("[bold]prefixrl demo[/bold]")
-    data = prepare_data(cfg, out, console, quiet)
+    data = prepare_data(cfg, out, console, quiet, max_completion_length=cfg.train.max_completion_length)
     task, model_path, traces, solved = data.task, data.model_path, data.traces, data.solved
     by_id = {p.id: p for p in data.hard}
     calibration_traces = traces[:cfg.evaluate.calibration_traces]

@@ -68,7 +68,7 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     console.print(f"[bold]prefixrl experiment[/bold]: {', '.join(cfg.methods)} x seeds {cfg.seeds}, "
                   f"{cfg.budget_flops:.3g} FLOPs per run")
-    data = prepare_data(cfg, out, console, quiet)
+    data = prepare_data(cfg, out, console, quiet, max_completion_length=cfg.train.max_completion_length)
     evals = {"hard": data.solved, "heldout": data.task.problems("heldout")[:cfg.heldout or len(data.solved)]}
 
     jobs = [dict(method=m, seed=seed, cfg=cfg, out=out, data=_shared(data), evals=evals)

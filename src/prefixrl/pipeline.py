@@ -17,7 +17,7 @@ from prefixrl.files import InputError, write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import SamplingParams, make_sampler
 from prefixrl.models import resolve_model
-from prefixrl.prefixes import PrefixConfig, prefixed_problems
+from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limit
 from prefixrl.screen import screen
 from prefixrl.tasks import load_problems, load_task
 from prefixrl.traces import CollectConfig, collect
@@ -67,9 +67,12 @@ def build_config(cls, raw: dict, where: str):
     return cls(**kwargs)
 
 
-def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool = False) -> SimpleNamespace:
+def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool = False,
+                 max_completion_length: int | None = None) -> SimpleNamespace:
     """Screen for hard problems, collect a trace for each, cut prefixes; returns what later stages
-    need (task, model_path, sampler, screened, hard, traces, solved, rows, collect_flops)."""
+    need (task, model_path, sampler, screened, hard, traces, solved, rows, collect_flops).
+    max_completion_length: the tokens training will generate after a prompt (default: the sampling's
+    max_new_tokens); the policy's context window less it bounds a prefixed prompt."""
     if not isinstance(cfg.task_args, dict):
         raise InputError(f"task_args must be a mapping of option: value, got {cfg.task_args!r}")
     task = load_task(cfg.task, **cfg.task_args)
@@ -93,7 +96,9 @@ def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool =
     console.print(f"traces for {len(solved)} of {len(hard)} hard problems")
 
     console.rule("prefixes: cut correct traces, mix with unprefixed problems")
-    rows = prefixed_problems(sampler.tokenizer, traces, {p.id: p for p in hard}, cfg.prefixes)
+    # the policy's context window, from the model the sampler already holds (as `prefixrl prefixes` does)
+    prefix_cfg = with_context_limit(cfg.prefixes, sampler.model, max_completion_length or cfg.sampling.max_new_tokens)
+    rows = prefixed_problems(sampler.tokenizer, traces, {p.id: p for p in hard}, prefix_cfg)
     write_jsonl(out / "prefixes" / "train.jsonl", rows)
     return SimpleNamespace(task=task, model_path=model_path, sampler=sampler, screened=screened, hard=hard,
                            traces=traces, solved=solved, rows=rows,
