@@ -185,3 +185,20 @@ def test_eval_every_0_estimates_no_evaluation_during_training(tmp_path):
     config = {**SMALL_CONFIG, "train": {**SMALL_CONFIG["train"], "eval_every": 0}}
     parts = flops_by_part(estimate_file(write_config(tmp_path, config), SMALL_ASSUMPTIONS))
     assert ("evaluate", "during training") not in parts and ("evaluate", "final") in parts
+
+
+def test_use_vllm_charges_the_old_policy_forward_pass_as_train_py_does(tmp_path):
+    """With vLLM rollouts TRL recomputes the old policy's log-probs (its importance-sampling
+    correction, on by default): train.py charges one more 2ND pass over the batch, and so does the estimate."""
+    from types import SimpleNamespace
+
+    config = {**SMALL_CONFIG, "train": {**SMALL_CONFIG["train"], "use_vllm": True}}
+    flops = flops_by_part(estimate_file(write_config(tmp_path, config), SMALL_ASSUMPTIONS))
+    assert flops[("train", "old-policy forward (use_vllm)")] == pytest.approx(3.36e6)  # = the rollouts' 2ND
+    assert ("train", "old-policy forward (use_vllm)") not in flops_by_part(
+        estimate_file(write_config(tmp_path, SMALL_CONFIG), SMALL_ASSUMPTIONS))
+    args = grpo_config(TrainConfig(problems_per_step=2, num_generations=4), tmp_path / "run")
+    assert args.vllm_importance_sampling_correction  # TRL's default, which train.py's count reads
+    trainer = SimpleNamespace(args=args, num_iterations=1, use_vllm=True, beta=0.0,
+                              vllm_importance_sampling_correction=args.vllm_importance_sampling_correction)
+    assert PrefixRLTrainer._extra_forward_passes(trainer) == 1

@@ -6,7 +6,8 @@ Every number is the ledger's (flops.py: 2·N·D for every token read or generate
 6·N·D for every token trained on) applied to the samples the config implies: screening
 (problems x n), rejection sampling (hard problems x attempts), training (steps x problems x n,
 as train.py charges them: rollouts 2·N·D and updates 6·N·D over prompt, prefix and
-continuation), and evaluation (unprefixed evaluations during training, the final one of the base
+continuation, plus 2·N·D per extra forward pass: the reference model's with a KL penalty, the old
+policy's with vLLM rollouts), and evaluation (unprefixed evaluations during training, the final one of the base
 and trained policies, and the success-vs-prefix calibration, as the demo runs them).
 
 What a config cannot say is an `Assumptions` field, printed with the result: the mean prompt
@@ -153,6 +154,8 @@ def estimate(cfg, n_params: int, a: Assumptions | None = None, hw: Hardware | No
     add("train", f"updates: {part}", samples, t.max_completion_length, n_params, training=True)
     if t.beta:  # train.py's reference forward pass
         add("train", "reference forward (beta > 0)", samples, t.max_completion_length, n_params)
+    if t.use_vllm:  # train.py's old-policy forward pass: TRL's importance-sampling correction of vLLM's samples
+        add("train", "old-policy forward (use_vllm)", samples, t.max_completion_length, n_params)
     problems = solved + heldout
     # train.py evaluates at step 0, every eval_every steps, and after the last step if not just done;
     # eval_every 0: never
