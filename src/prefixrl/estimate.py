@@ -7,8 +7,8 @@ Every number is the ledger's (flops.py: 2·N·D for every token read or generate
 (problems x n), rejection sampling (hard problems x attempts), training (steps x problems x n,
 as train.py charges them: rollouts 2·N·D and updates 6·N·D over prompt, prefix and
 continuation, plus 2·N·D per extra forward pass: the reference model's with a KL penalty, the old
-policy's with vLLM rollouts), and evaluation (unprefixed evaluations during training, the final one of the base
-and trained policies, and the success-vs-prefix calibration, as the demo runs them).
+policy's with vLLM rollouts), and evaluation (unprefixed evaluations during training, the final
+one of the base and trained policies, and the success-vs-prefix calibration, as the demo runs them).
 
 What a config cannot say is an `Assumptions` field, printed with the result: the mean prompt
 length, the mean generated length as a share of the maximum, how many screened problems are
@@ -159,7 +159,7 @@ def estimate(cfg, n_params: int, a: Assumptions | None = None, hw: Hardware | No
     problems = solved + heldout
     # train.py evaluates at step 0, every eval_every steps, and after the last step if not just done;
     # eval_every 0: never
-    evals = 1 + t.steps // t.eval_every + (t.steps % t.eval_every > 0) if t.eval_every else 0
+    evals = (1 + t.steps // t.eval_every + (t.steps % t.eval_every > 0)) if t.eval_every else 0
     if evals:
         add("evaluate", f"during training: {evals} x {problems:,.0f} problems x {t.eval_n}",
             evals * problems * t.eval_n, t.max_completion_length, n_params)
