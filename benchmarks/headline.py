@@ -14,15 +14,12 @@ import argparse
 import time
 
 from prefixrl.experiment import run_experiment
+from prefixrl.report import ratio_text
 
 
 def _x(value, interval) -> str:
-    if value is None:
-        return "not reached"
-    if value == float("inf"):
-        return "inf (baseline at 0)"
-    ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
-    return f"{value:.2f}x{ci}"
+    ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and value not in (None, float("inf")) else ""
+    return ratio_text(value) + ci
 
 
 def main() -> None:

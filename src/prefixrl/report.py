@@ -227,6 +227,13 @@ def _interval(ci) -> str:
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
 
 
+def ratio_text(value: float | None) -> str:
+    """A speedup or final-reward ratio as the report and the benchmark print it."""
+    if value is None:
+        return "not reached"
+    return "inf (baseline at 0)" if value == float("inf") else f"{value:.2f}x"
+
+
 def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
     method, numbers = summary["method"], summary["headline"]
     n_params = data.sampler.n_params
@@ -246,8 +253,8 @@ def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
         parts.append(f"## Headline: `{method}` against each baseline")
         for split, title in SPLITS.items():
             rows = [[b, f"{numbers[split]['final'][b]['mean']:.3f} ± {numbers[split]['final'][b]['std']:.3f}",
-                     "not reached" if r["speedup"] is None else f"{r['speedup']:.2f}x", _interval(r["speedup_ci"]),
-                     f"{r['final_ratio']:.2f}x", _interval(r["final_ratio_ci"])]
+                     ratio_text(r["speedup"]), _interval(r["speedup_ci"]),
+                     ratio_text(r["final_ratio"]), _interval(r["final_ratio_ci"])]
                     for b, r in numbers[split]["against"].items()]
             ours = numbers[split]["final"][method]
             parts += [f"**{title}** ({method} final pass@1 {ours['mean']:.3f} ± {ours['std']:.3f}):",
