@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, gather_object, get_int_from_env, parse_flag_from_env
 from datasets import Dataset
-from transformers import PrinterCallback, TrainerCallback, set_seed
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
@@ -372,6 +372,13 @@ class MetricsLog(TrainerCallback):
             self.log.append({"step": state.global_step, **logs})
 
 
+class BarOnly(ProgressCallback):
+    """transformers' progress bar without the dict of logs it writes under the bar every step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
 class FlopsBudget(TrainerCallback):
     """Stops training once the ledger reaches the budget: compute-matched runs end at equal FLOPs."""
 
@@ -564,6 +571,9 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         trainer.add_callback(adaptive)
     if not cfg.progress_bar:
         trainer.remove_callback(PrinterCallback)  # without the bar, Trainer prints every step's logs instead
+    else:  # the bar alone: every step's logs are in metrics.jsonl, not printed under the bar
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(BarOnly)
     evaluator = None
     if eval_problems and cfg.eval_every:  # eval_every 0: no evaluation at all, not even at the start and end
         evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, nll_rows)
