@@ -112,3 +112,16 @@ def chain_task():
     from prefixrl.tasks import load_task
 
     return load_task("chain")
+
+
+def record_sampler_params(monkeypatch, module) -> list[SamplingParams]:
+    """The SamplingParams of every HFSampler `module` makes from now on (the sampler still works)."""
+    made = []
+
+    class Recording(module.HFSampler):
+        def __init__(self, model, tokenizer, params):
+            made.append(params)
+            super().__init__(model, tokenizer, params)
+
+    monkeypatch.setattr(module, "HFSampler", Recording)
+    return made

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOTrainer
 
 import prefixrl.train as train_module
-from conftest import solve_sort
+from conftest import record_sampler_params, solve_sort
 from prefixrl.adaptive import AdaptiveConfig
 from prefixrl.flops import FlopsLedger
 from prefixrl.methods import METHODS, off_policy_traces, run_method, select_rows
@@ -457,14 +457,7 @@ def test_adaptive_resume_keeps_the_prefix_nll_set(adaptive_run, resumed_run):
 def test_adaptive_calibration_samples_in_batches_of_eval_batch_size(setup, sort_task, tmp_path, monkeypatch):
     import prefixrl.adaptive as adaptive_module
 
-    made = []
-
-    class Recording(adaptive_module.HFSampler):
-        def __init__(self, model, tokenizer, params):
-            made.append(params)
-            super().__init__(model, tokenizer, params)
-
-    monkeypatch.setattr(adaptive_module, "HFSampler", Recording)
+    made = record_sampler_params(monkeypatch, adaptive_module)
     adaptive = adaptive_module.AdaptivePrefixes(sort_task, setup.problems, setup.traces, ADAPTIVE_PREFIXES,
                                                 AdaptiveConfig(every=1, n=1), tmp_path, max_new_tokens=8, batch_size=3)
     adaptive.start(0)

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from trl import GRPOTrainer
 
 import prefixrl.train as train_module
-from conftest import solve_chain, solve_sort
+from conftest import record_sampler_params, solve_chain, solve_sort
 from prefixrl.flops import FlopsLedger
 from prefixrl.models import TinyModelConfig, char_tokenizer, sequence_logprobs, tiny_model
 from prefixrl.prefixes import prefixed_problems
@@ -317,14 +317,7 @@ def test_eval_every_0_means_no_evaluation_at_all(setup, sort_task, tmp_path):
 
 
 def test_evaluation_samples_in_batches_of_eval_batch_size(setup, sort_task, tmp_path, monkeypatch):
-    made = []
-
-    class Recording(train_module.HFSampler):
-        def __init__(self, model, tokenizer, params):
-            made.append(params)
-            super().__init__(model, tokenizer, params)
-
-    monkeypatch.setattr(train_module, "HFSampler", Recording)
+    made = record_sampler_params(monkeypatch, train_module)
     trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True))
     cfg = TrainConfig(eval_n=1, max_completion_length=8, eval_batch_size=3)
     evaluator = train_module.UnprefixedEval(lambda: trainer, sort_task, {"train": list(setup.problems.values())}, cfg,
