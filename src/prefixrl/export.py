@@ -30,14 +30,12 @@ tokenizer), reward.py, and run_verl.sh (the paper's recipe as a verl command).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefixrl.files import InputError, atomic_write_text
+from prefixrl.files import InputError, atomic_write_bytes, atomic_write_text
 from prefixrl.tasks import Problem, Task, task_args
 
 IDENTITY_TEMPLATE = "{{ messages[0].content }}"
@@ -111,7 +109,7 @@ def export_verl(rows: list[dict], task: Task, problems: dict[str, Problem], out:
                                     for i, (p, prompt) in enumerate(heldout)]
     for name, table in files.items():
         _write_parquet(out / name, table)
-    shutil.copyfile(Path(__file__).with_name("verl_reward.py"), out / "reward.py")
+    atomic_write_text(out / "reward.py", Path(__file__).with_name("verl_reward.py").read_text())
     longest_prefix = max((int(r.get("prefix_tokens", 0)) for r in rows), default=0)
     atomic_write_text(out / "run_verl.sh", run_script(out, model, longest_prefix, heldout=bool(heldout)))
     (out / "run_verl.sh").chmod(0o755)
@@ -119,10 +117,9 @@ def export_verl(rows: list[dict], task: Task, problems: dict[str, Problem], out:
 
 
 def _write_parquet(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
-    os.replace(tmp, path)  # never a half-written file
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), buffer)
+    atomic_write_bytes(path, buffer.getvalue().to_pybytes())
 
 
 def run_script(out: Path, model: str, longest_prefix: int, heldout: bool = False) -> str:
