@@ -360,3 +360,42 @@ def test_training_reward_function_scores_prefix_plus_continuation(task):
     reward = reward_function(task, problems_by_id(task))
     assert reward(prompts=["p"] * 3, completions=["4}.", "5}.", "no"], problem_id=["algebra/1"] * 3,
                   prefix=["2^10 - 1000 = \\boxed{2", "2^10 - 1000 = \\boxed{2", ""]) == [1.0, 0.0, 0.0]
+
+
+class ScriptedVerifier:
+    """Stands in for the worker pool: every math-verify call gets `reply`."""
+
+    restarts = 0
+
+    def __init__(self, reply):
+        self.reply = reply
+
+    def map(self, calls):
+        return [self.reply] * len(calls)
+
+    def close(self):
+        pass
+
+
+def test_a_broken_verifier_stops_the_run_after_errors_in_a_row(caplog):
+    task = load_task("math", train=str(TRAIN), id_column="id", max_errors_in_a_row=5)
+    p = problem(task, "algebra/12")  # gold 7
+    task._pool = ScriptedVerifier(("error", "ModuleNotFoundError: No module named 'math_verify'"))
+    with caplog.at_level(logging.WARNING, logger="prefixrl.tasks.math"):
+        assert [v.reward for v in task.verify_many([(p, "x = 3")] * 4)] == [0.0] * 4  # could be strange answers
+    task._pool = ScriptedVerifier(("ok", (True, "7")))
+    assert task.verify(p, "so x = 7").reward == 1.0  # one verdict: the verifier works, the count restarts
+    task._pool = ScriptedVerifier(("error", "ModuleNotFoundError: No module named 'math_verify'"))
+    assert [v.reward for v in task.verify_many([(p, "x = 3")] * 4)] == [0.0] * 4
+    with pytest.raises(RuntimeError, match="math-verify failed on 5 answers in a row"):
+        task.verify(p, "x = 3")
+    assert task.verifier_stats["errors"] == 9
+
+
+def test_manifests_record_the_verifier_counts(task, tmp_path):
+    from prefixrl.runinfo import write_manifest
+
+    task.verify(problem(task, "algebra/12"), "\\boxed{7}")
+    write_manifest(tmp_path, stage="screen", config={}, seed=0, flops=0.0, wall_time_s=1.0, task=task)
+    recorded = json.loads((tmp_path / "manifest.json").read_text())["verifier"]
+    assert recorded == task.verifier_stats and recorded["fast_path"] >= 1

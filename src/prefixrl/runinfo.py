@@ -31,8 +31,11 @@ def git_commit() -> str | None:
 
 
 def write_manifest(run_dir: str | Path, *, stage: str, config: dict, seed: int, flops: float,
-                   wall_time_s: float, extra: dict | None = None) -> None:
+                   wall_time_s: float, task=None, extra: dict | None = None) -> None:
+    """`task`: a task whose verifier keeps counts (math: timeouts, errors) has them recorded."""
     manifest = {"stage": stage, "config": config, "seed": seed, "flops": flops,
                 "wall_time_s": round(wall_time_s, 2), "versions": versions(), "git_commit": git_commit(),
                 **(extra or {})}
+    if getattr(task, "verifier_stats", None) is not None:
+        manifest["verifier"] = task.verifier_stats
     atomic_write_text(Path(run_dir) / "manifest.json", json.dumps(manifest, indent=2, default=str))

@@ -37,5 +37,5 @@ def screen(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str |
     atomic_write_text(out_dir / "screen.json", json.dumps(summary, indent=2))
     flops = FlopsLedger(out_dir / "flops.json").total
     write_manifest(out_dir, stage="screen", config={"task": task.name, "task_args": task_args(task), "n": n,
-                   "k": k, "sampling": vars(sampler.params)}, seed=seed, flops=flops, wall_time_s=time.time() - start)
+                   "k": k, "sampling": vars(sampler.params)}, seed=seed, flops=flops, wall_time_s=time.time() - start, task=task)
     return hard

@@ -22,7 +22,7 @@ from prefixrl.flops import FlopsLedger, inference_flops
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import write_manifest
-from prefixrl.tasks import Problem, Task, problems_by_id, task_args
+from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
 
 
 @dataclass
@@ -93,7 +93,7 @@ def collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str 
     atomic_write_text(out_dir / "collect.json", json.dumps(summary, indent=2))
     write_manifest(out_dir, stage="collect", config={"task": task.name, "task_args": task_args(task), **asdict(cfg),
                    "source": source, "sampling": vars(sampler.params)}, seed=cfg.seed, flops=summary["flops"],
-                   wall_time_s=time.time() - start)
+                   wall_time_s=time.time() - start, task=task)
     return traces
 
 
@@ -102,10 +102,11 @@ def _round_event(task: Task, problem: Problem, samples, prog: ProblemProgress, c
     generated = samples  # all are paid for, even those past the cap
     samples = samples[:cfg.max_attempts - prog.samples]
     traces, attempts = [], prog.attempts
-    for i, sample in enumerate(samples):
+    verdicts = verify_all(task, [(problem, sample.text) for sample in samples])  # math: on every verifier worker
+    for i, (sample, verdict) in enumerate(zip(samples, verdicts)):
         if prog.traces + len(traces) >= cfg.traces_per_problem:
             break
-        if task.verify(problem, sample.text).reward > 0:
+        if verdict.reward > 0:
             attempts = prog.samples + i + 1
             traces.append({"problem_id": problem.id, "prompt": problem.prompt, "completion": sample.text,
                            "token_ids": sample.token_ids, "logprobs": sample.logprobs, "origin": "collect",

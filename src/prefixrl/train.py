@@ -589,7 +589,7 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         tokenizer.save_pretrained(out_dir / "model")
         write_manifest(out_dir, stage="train", config={"task": task.name, "task_args": task_args(task),
                        "model": model_path, **asdict(cfg)},
-                       seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start,
+                       seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start, task=task,
                        extra={"processes": args.world_size, "bf16": args.bf16})
     trainer.accelerator.wait_for_everyone()  # the run is done when its files are
     return out_dir / "model"

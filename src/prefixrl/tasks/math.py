@@ -15,6 +15,8 @@ Verification: a solution whose one \\boxed{} holds the gold answer verbatim (up 
 \\left/\\right, \\dfrac) is correct at once. Anything else goes to math-verify, `parse` then
 `verify(gold, pred)`, in worker processes under a hard wall-clock timeout per answer
 (`verify_timeout_s`): an answer that takes longer scores 0 and is counted in `verifier_stats`.
+So does an answer math-verify fails on; but `max_errors_in_a_row` failures in a row mean a broken
+verifier (not a strange answer), and stop the run rather than train on rewards that are all 0.
 With several boxes, math-verify's rule decides: the last one counts, but boxes it reads as a list
 ("\\boxed{3}, \\boxed{5}") become one set answer, which a single gold answer never equals.
 """
@@ -204,7 +206,8 @@ class MathTask:
     def __init__(self, train: str, heldout: str | None = None, easy: str | None = None,
                  question_column: str = "problem", answer_column: str = "answer", id_column: str | None = None,
                  source_column: str | None = None, difficulty_column: str | None = None,
-                 instruction: str = DEFAULT_INSTRUCTION, verify_timeout_s: float = 5.0, verify_workers: int = 1):
+                 instruction: str = DEFAULT_INSTRUCTION, verify_timeout_s: float = 5.0, verify_workers: int = 1,
+                 max_errors_in_a_row: int = 100):
         if float(verify_timeout_s) <= 0 or int(verify_workers) < 1:
             raise ValueError(f"math task: verify_timeout_s must be > 0 and verify_workers >= 1, "
                              f"got {verify_timeout_s} and {verify_workers}")
@@ -217,6 +220,7 @@ class MathTask:
         self.verify_timeout_s, self.verify_workers = float(verify_timeout_s), int(verify_workers)
         self._pool = None  # worker processes, started at the first answer that needs math-verify
         self._counts = dict(answers=0, fast_path=0, math_verify=0, timeouts=0, errors=0)
+        self.max_errors_in_a_row, self._errors_in_a_row = int(max_errors_in_a_row), 0
 
     def problems(self, split: str) -> list[Problem]:
         if split not in self._splits:
@@ -238,7 +242,8 @@ class MathTask:
 
     def verify_many(self, items: list[tuple[Problem, str]]) -> list[Verdict]:
         """Verdicts for (problem, solution) pairs; math-verify's share runs on all workers at once.
-        Never raises: an answer that cannot be checked scores 0 and is counted."""
+        An answer that cannot be checked scores 0 and is counted; raises only when the verifier
+        itself looks broken (`max_errors_in_a_row`)."""
         self._counts["answers"] += len(items)
         verdicts: list[Verdict | None] = [None] * len(items)
         try:
@@ -253,7 +258,12 @@ class MathTask:
         except Exception as err:  # a verifier failure must never stop a run: score 0, count, warn
             unscored = sum(v is None for v in verdicts)
             self._counts["errors"] += unscored
+            self._errors_in_a_row += unscored
             logger.warning("math verifier failed (%s: %s); %d answers scored 0", type(err).__name__, err, unscored)
+        if self._errors_in_a_row >= self.max_errors_in_a_row:
+            raise RuntimeError(f"math-verify failed on {self._errors_in_a_row} answers in a row (see the warnings "
+                               f"above): the verifier is broken, not the answers. Check that "
+                               f"`python -c 'import math_verify'` works in this environment")
         return [v or Verdict(0.0, None) for v in verdicts]
 
     def _fast_path(self, problem: Problem, solution: str) -> Verdict | None:
@@ -267,6 +277,7 @@ class MathTask:
         return Verdict(1.0, boxed) if boxed is not None and normalize(boxed) == normalize(problem.answer) else None
 
     def _score(self, problem: Problem, status: str, value) -> Verdict:
+        self._errors_in_a_row = self._errors_in_a_row + 1 if status == "error" else 0
         if status == "ok":
             correct, answer = value
             return Verdict(float(correct), answer)
