@@ -14,7 +14,7 @@ from conftest import solve_chain, solve_sort
 from prefixrl.cli import app
 from prefixrl.export import IDENTITY_TEMPLATE, SCHEMA, export_verl, verl_row
 from prefixrl.files import write_jsonl
-from prefixrl.models import char_tokenizer
+from prefixrl.models import char_tokenizer, encode_prompt, load_model, resolve_model
 from prefixrl.prefixes import prefixed_problems
 from prefixrl.tasks import Problem, problems_by_id
 
@@ -166,6 +166,10 @@ def test_cli(chain_task, tmp_path):
     assert [r["prompt"][0]["content"] for r in heldout] == [p.prompt for p in chain_task.problems("heldout")]
     script = (tmp_path / "verl" / "run_verl.sh").read_text()
     out = (tmp_path / "verl").resolve()
+    _, tokenizer = load_model(resolve_model("builtin:chain"))
+    longest = max(len(encode_prompt(tokenizer, r["prompt"][0]["content"])) for name in ("train", "val", "heldout")
+                  for r in pq.read_table(out / f"{name}.parquet").to_pylist())
+    assert f"data.max_prompt_length={longest} " in script  # verl drops longer prompts: none may be
     for option in (f"custom_reward_function.path={out}/reward.py", "custom_chat_template='\"{{ messages[0].content }}\"'",
                    f"data.val_files=[{out}/val.parquet,{out}/heldout.parquet]", "actor_rollout_ref.rollout.n=8",
                    "algorithm.norm_adv_by_std_in_grpo=False", "actor_rollout_ref.actor.optim.lr=1e-6"):

@@ -385,17 +385,18 @@ def export_verl(data: Path = typer.Argument(..., help="Training rows from `prefi
         the_task = _task(task, task_arg)
         rows = read_jsonl(data, required=("prompt", "problem_id", "prefix", "prefixed"))
         model_path = resolve_model(model) if model else "MODEL"
-        pairs = None
-        if heldout:
-            if not model:
-                raise InputError("--heldout needs --model: held-out prompts are rendered with the policy's chat template")
+        pairs, tokenizer = None, None
+        if heldout and not model:
+            raise InputError("--heldout needs --model: held-out prompts are rendered with the policy's chat template")
+        if model:  # its tokenizer renders --heldout and sizes run_verl.sh's max_prompt_length
             from transformers import AutoTokenizer
 
+            tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if heldout:
             from prefixrl.prefixes import render_prompt
 
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
             pairs = [(p, render_prompt(tokenizer, p.prompt, "")) for p in load_problems(the_task, heldout)]
-        counts = run(rows, the_task, problems_by_id(the_task), out, heldout=pairs, model=model_path)
+        counts = run(rows, the_task, problems_by_id(the_task), out, heldout=pairs, model=model_path, tokenizer=tokenizer)
     except (ValueError, InputError) as err:
         _fail(err)
     console.print(f"wrote {', '.join(f'{name} ({n} rows)' for name, n in counts.items())}, reward.py and run_verl.sh "

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prefixrl.files import InputError, atomic_write_bytes, atomic_write_text
+from prefixrl.models import encode_prompt
 from prefixrl.tasks import Problem, Task, task_args
 
 IDENTITY_TEMPLATE = "{{ messages[0].content }}"
@@ -87,9 +88,11 @@ def _portable(args: dict) -> dict:
 
 
 def export_verl(rows: list[dict], task: Task, problems: dict[str, Problem], out: str | Path,
-                heldout: list[tuple[Problem, str]] | None = None, model: str = "MODEL") -> dict:
+                heldout: list[tuple[Problem, str]] | None = None, model: str = "MODEL", tokenizer=None) -> dict:
     """Write train.parquet, val.parquet (each problem once, unprefixed), heldout.parquet (given
-    (problem, rendered prompt) pairs), reward.py and run_verl.sh into `out`; returns row counts."""
+    (problem, rendered prompt) pairs), reward.py and run_verl.sh into `out`; returns row counts.
+    With the policy's `tokenizer`, run_verl.sh's max_prompt_length is the longest prompt's token
+    count (verl drops longer prompts); without it, the longest prefix + 1,024 for the problem."""
     out = Path(out)
     missing = sorted({r["problem_id"] for r in rows} - set(problems))
     if missing:
@@ -110,8 +113,12 @@ def export_verl(rows: list[dict], task: Task, problems: dict[str, Problem], out:
     for name, table in files.items():
         _write_parquet(out / name, table)
     atomic_write_text(out / "reward.py", Path(__file__).with_name("verl_reward.py").read_text())
-    longest_prefix = max((int(r.get("prefix_tokens", 0)) for r in rows), default=0)
-    atomic_write_text(out / "run_verl.sh", run_script(out, model, longest_prefix, heldout=bool(heldout)))
+    if tokenizer is not None:
+        prompts = [row["prompt"][0]["content"] for table in files.values() for row in table]
+        max_prompt_length = max(len(encode_prompt(tokenizer, prompt)) for prompt in prompts)
+    else:
+        max_prompt_length = max((int(r.get("prefix_tokens", 0)) for r in rows), default=0) + 1024
+    atomic_write_text(out / "run_verl.sh", run_script(out, model, max_prompt_length, heldout=bool(heldout)))
     (out / "run_verl.sh").chmod(0o755)
     return {name: len(table) for name, table in files.items()}
 
@@ -122,7 +129,7 @@ def _write_parquet(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buffer.getvalue().to_pybytes())
 
 
-def run_script(out: Path, model: str, longest_prefix: int, heldout: bool = False) -> str:
+def run_script(out: Path, model: str, max_prompt_length: int, heldout: bool = False) -> str:
     """The paper's recipe as a verl command: REINFORCE with a group-mean baseline (GRPO's
     advantage without std scaling, Dr. GRPO's loss sum, no KL), 8 samples, 128 problems per step,
     one update per batch, lr 1e-6, 400 steps, 16k tokens, evaluation at temperature 0.7."""
@@ -139,7 +146,7 @@ python3 -m verl.trainer.main_ppo \\
   data.train_files={data}/train.parquet \\
   data.val_files={val} \\
   data.train_batch_size=128 \\
-  data.max_prompt_length={longest_prefix + 1024} \\
+  data.max_prompt_length={max_prompt_length} \\
   data.max_response_length=16384 \\
   data.filter_overlong_prompts=True \\
   actor_rollout_ref.model.path="$MODEL" \\
