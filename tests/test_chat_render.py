@@ -230,6 +230,26 @@ def test_a_prompt_over_the_limit_is_refused_or_cut_shorter():
                                                                             on_too_long="truncate"))
 
 
+def test_the_limit_counts_the_joined_prompt_where_tokens_merge_across_the_join():
+    """A base model's prompt is problem + prefix as one text: BPE may merge across the join ("3" + "0"
+    -> "30"), so the prompt is shorter than the two counts added; the limit holds the joined one."""
+    tok = llama3(None)
+    problem = Problem(id="add-2", prompt="What is 12 + 3", answer="42", difficulty=1, split="train")
+    trace = "0? Think step by step, then give the final answer."
+    head = len(encode_prompt(tok, problem.prompt))
+    n = len(tok(trace, add_special_tokens=False)["input_ids"])
+    joined = len(encode_prompt(tok, problem.prompt + trace))
+    assert joined < head + n  # the case under test: a merge across the join
+    traces = [{"problem_id": problem.id, "completion": trace}]
+    fits = PrefixConfig(policy="tokens", token_counts=[n], max_prompt_length=joined, unprefixed_per_problem=0)
+    (row,) = prefixed_problems(tok, traces, {problem.id: problem}, fits)
+    assert row["prefix"] == trace and len(encode_prompt(tok, row["prompt"])) == joined
+    over = PrefixConfig(policy="tokens", token_counts=[n], max_prompt_length=joined - 1, unprefixed_per_problem=0,
+                        on_too_long="truncate")
+    (row,) = prefixed_problems(tok, traces, {problem.id: problem}, over)
+    assert row["prefix_tokens"] < n and len(encode_prompt(tok, row["prompt"])) <= joined - 1
+
+
 def test_the_limit_defaults_to_the_context_window_less_the_completion():
     model = tiny_model(char_tokenizer(), SMALL)  # a context window of 256
     assert with_context_limit(PrefixConfig(), model, 200).max_prompt_length == 56

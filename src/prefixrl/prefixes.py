@@ -75,24 +75,36 @@ def prefix_at(text: str, offsets: list[tuple[int, int]], h: int) -> str:
     return text[:offsets[h - 1][1]] if h > 0 else ""
 
 
-def fit_prefix(tokenizer, problem_prompt: str, h: int, cfg: PrefixConfig, name: str) -> int:
-    """h, if the rendered problem and a prefix of h policy tokens fit in cfg.max_prompt_length
-    tokens. A longer prompt is refused with an InputError naming `name` (the trace), or, with
-    on_too_long="truncate", given a shorter cut: the prefix keeps its first tokens."""
-    head = len(encode_prompt(tokenizer, render_prompt(tokenizer, problem_prompt)))
+def fit_prefix(tokenizer, problem_prompt: str, text: str, offsets: list[tuple[int, int]], h: int,
+               cfg: PrefixConfig, name: str) -> int:
+    """h, if the rendered problem followed by the trace's first h policy tokens fits in
+    cfg.max_prompt_length tokens. A longer prompt is refused with an InputError naming `name` (the
+    trace), or, with on_too_long="truncate", given a shorter cut: the prefix keeps its first tokens.
+    The joined prompt is counted as the policy reads it (a tokenizer may merge tokens across the
+    join: its length is not the problem's plus the prefix's)."""
     limit = cfg.max_prompt_length
-    if limit is None or head + h <= limit:
+    if limit is None:
         return h
+
+    def length(h: int) -> int:
+        return len(encode_prompt(tokenizer, render_prompt(tokenizer, problem_prompt, prefix_at(text, offsets, h))))
+
+    head = length(0)
     if head > limit:
         raise InputError(f"{name}: the rendered problem alone is {head} tokens, over max_prompt_length {limit}: "
                          "generate fewer tokens (max_completion_length) or leave the problem out")
+    if length(h) <= limit:
+        return h
     if cfg.on_too_long == "error":
         raise InputError(
-            f"{name}: the prefixed prompt would be {head + h} tokens (problem {head} + prefix {h}), over "
+            f"{name}: the prefixed prompt would be {length(h)} tokens (problem {head} + prefix {h}), over "
             f"max_prompt_length {limit} (as given, or the policy's context window less max_completion_length): "
             "cut such prefixes shorter with --on-too-long truncate (PrefixConfig.on_too_long), or generate "
             "fewer tokens (max_completion_length)")
-    return limit - head
+    h = min(h, limit - head)
+    while h > 0 and length(h) > limit:  # a merge across the join can still leave it one token over
+        h -= 1
+    return h
 
 
 def cut_points(cfg: PrefixConfig, text: str, offsets: list[tuple[int, int]], rng: random.Random) -> list[int]:
@@ -180,11 +192,11 @@ def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem
         else:
             points = cut_points(cfg, text, offsets, rng)
         for h in points:
-            h = fit_prefix(tokenizer, problems[pid].prompt, h, cfg, f"trace {index} (problem {pid!r})")
+            h = fit_prefix(tokenizer, problems[pid].prompt, text, offsets, h, cfg, f"trace {index} (problem {pid!r})")
             prefix = prefix_at(text, offsets, h)
             rows.append(_row(tokenizer, problems[pid], prefix, h, h / max(1, len(offsets)), index))
     for pid in with_trace:
-        fit_prefix(tokenizer, problems[pid].prompt, 0, cfg, f"problem {pid!r}")  # the plain prompt must fit too
+        fit_prefix(tokenizer, problems[pid].prompt, "", [], 0, cfg, f"problem {pid!r}")  # the plain prompt must fit too
         rows += [_row(tokenizer, problems[pid], "", 0, 0.0, None)] * cfg.unprefixed_per_problem
     return rows
 
@@ -226,7 +238,7 @@ def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], probl
                 continue
             problem, text = problems[trace["problem_id"]], trace["completion"]
             offsets = token_offsets(tokenizer, text)
-            points = [fit_prefix(tokenizer, problem.prompt, round(f * len(offsets)), cfg,
+            points = [fit_prefix(tokenizer, problem.prompt, text, offsets, round(f * len(offsets)), cfg,
                                  f"trace {index} (problem {problem.id!r})") for f in fractions]
             cuts = [(prefix_at(text, offsets, h), h) for h in points]
             samples = sampler.generate([render_prompt(tokenizer, problem.prompt, prefix) for prefix, _ in cuts], n,
