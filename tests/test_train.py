@@ -206,7 +206,11 @@ def test_resume_matches_an_uninterrupted_run(setup, sort_task, trained, tmp_path
     shutil.copytree(trained, out)  # a run killed after checkpoint-1 (its logs ran on past it)
     shutil.rmtree(out / "model")
     shutil.rmtree(out / "checkpoints" / "checkpoint-2")
+    stale = out / "evals" / "step-2-train" / "stale"  # step 2's evaluation, of the policy the kill lost
+    stale.write_text("")
     run_train(setup, sort_task, out)
+    assert not stale.exists() and (out / "evals" / "step-2-train").is_dir()  # sampled anew
+    assert (out / "evals" / "step-1-train").is_dir()
     assert [r["step"] for r in read(out / "metrics.jsonl")] == [r["step"] for r in read(trained / "metrics.jsonl")]
     assert [r["step"] for r in read(out / "eval.jsonl")] == [0, 1, 2]
     resumed, fresh = (json.loads((d / "flops.json").read_text()) for d in (out, trained))

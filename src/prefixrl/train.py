@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -553,6 +554,8 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     kept_step = int(checkpoint.name.split("-")[1]) if checkpoint else -1
     for log_name in ("metrics.jsonl", "eval.jsonl") if main else ():  # forget what the kill lost since the checkpoint
         AppendLog(out_dir / log_name).keep(lambda row: row["step"] <= kept_step)
+    if main:
+        _drop_evals_after(out_dir / "evals", kept_step)
     nll_rows = [r for r in rows if r["prefix"]][:32]  # a fixed sample: the prefix-NLL curve follows one set
     if adaptive:  # the rows chosen at the last re-calibration the checkpoint saw
         current = adaptive.start(kept_step)
@@ -602,6 +605,14 @@ def _last_checkpoint(out_dir: Path) -> Path | None:
     complete = [p for p in (out_dir / "checkpoints").glob("checkpoint-*")
                 if (p / "trainer_state.json").is_file() and (p / "flops.json").is_file()]
     return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _drop_evals_after(evals: Path, step: int) -> None:
+    """Evaluation folders of steps a kill lost since the checkpoint: they were scored with a policy the
+    resumed run has not got yet, and score_problems would resume from them instead of sampling anew."""
+    for folder in evals.glob("step-*"):
+        if int(folder.name.split("-")[1]) > step:
+            shutil.rmtree(folder)
 
 
 def _resume_ledger(out_dir: Path, checkpoint: Path | None, prior: FlopsLedger | None, write: bool = True
