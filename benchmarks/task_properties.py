@@ -5,10 +5,14 @@
 1. hard:        share of hard-split problems with pass@512 = 0 under the base model
 2. findable:    share of those for which rejection sampling (cap 2,500) finds a correct trace
 3. prefix:      success rate conditioned on a prefix of a correct trace, by prefix fraction
-4. strategies:  strategy markers in correct traces; success when forced into each strategy
+4. strategies:  strategy markers in correct traces; success when forced into each strategy;
+                for tasks that can say it (chain), how close each rule comes to a fixed pattern
+                of moves, a shortcut RL would learn instead of the rule
 5. (plain RL stays flat): measured by the training benchmark once training exists
 plus execution: easy-split pass@1 against the chance rate of a policy that executes every step
-right but chooses at random (about 1.0 means the base model executes reliably and knows no rule).
+right and decides as its corpus does (sort: at random; chain: by the rule at rule_bias of the
+moves, else at random): a ratio of about 1.0 means the base model executes reliably and knows
+no more of the rule than its corpus showed.
 Every stage resumes from --out, so a killed run continues.
 """
 
@@ -75,6 +79,9 @@ def main():
     result["success_vs_prefix_fraction"] = success_curve(calibration)
     result["strategies_in_traces"] = _strategy_counts(task, traces)
     result["forced_strategy_success"] = _forced_strategy_success(task, sampler, hard[:16])
+    if hasattr(task, "shortcuts"):
+        for strategy, measure in task.shortcuts(problems).items():
+            result[f"rule {strategy}: move strings"] = measure
     atomic_write_text(out / "properties.json", json.dumps(result, indent=2))
     _print_table(result, args.n)
 

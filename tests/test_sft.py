@@ -24,8 +24,11 @@ SMALL = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads
 
 
 def chain_traces(task, k: int, start: int = 0):
+    """Strategy-Q traces: the base model declares P (90% of its corpus), so it never writes these
+    at low temperature (its P answers can be right: it follows P's rule at 3/5 of its moves)."""
     problems = task.problems("train")[start:start + k]
-    return {p.id: p for p in problems}, [{"problem_id": p.id, "completion": solve_chain(p.prompt)} for p in problems]
+    return {p.id: p for p in problems}, [{"problem_id": p.id, "completion": solve_chain(p.prompt, "Q")}
+                                         for p in problems]
 
 
 @pytest.mark.parametrize("tok", [char_tokenizer(), chat_tokenizer(CHATML)], ids=["base", "chat"])
@@ -73,7 +76,7 @@ def test_sft_makes_the_model_reproduce_its_traces(chain_sft, chain_task):
     before = low_temperature_samples(chain_sft.base, prompts)
     after = low_temperature_samples(chain_sft.model_dir, prompts)
     for trace, old, new in zip(chain_sft.traces, before, after):
-        assert trace["completion"] not in old  # 13-move problems: the base model is at chance, 2^-13
+        assert trace["completion"] not in old
         assert new == [trace["completion"]] * 4  # the whole trace, then <eos>
         assert chain_task.verify(chain_sft.problems[trace["problem_id"]], new[0]).reward == 1.0
 

@@ -60,6 +60,39 @@ def test_chain_both_rules_are_correct(chain_task):
     assert chain_task.verify(problem, solve_chain(problem.prompt, "P")).answer == problem.answer
 
 
+def test_chain_rules_have_no_fixed_pattern_shortcut(chain_task, monkeypatch):
+    """Both rules must be read off the pairs move by move: on the hard problems no rule's moves are
+    constant or periodic, and most problems have moves of their own (the measure flags the old Q)."""
+    problems = chain_task.problems("train") + chain_task.problems("heldout")
+    for strategy, measure in chain_task.shortcuts(problems).items():
+        assert measure["constant"] == 0 and measure["periodic"] <= 0.02 and measure["distinct"] >= 0.5, (strategy, measure)
+        walks = {"".join(op for op, *_ in chain_moves(p.prompt, strategy)) for p in problems}
+        assert len(walks) / len(problems) == pytest.approx(measure["distinct"], abs=0.01)
+
+    monkeypatch.setitem(RULES, "Q", lambda a, b: "L" if (a + b) % 2 == 0 else "R")  # the first, flawed Q
+    assert chain_task.shortcuts(problems)["Q"]["constant"] == 1.0
+
+
+def test_chain_corpus_follows_the_declared_rule_at_rule_bias_of_its_moves():
+    """The base model's faint knowledge of the rules comes from here: a move follows the declared
+    rule with probability rule_bias, else is a coin flip (rule_bias 1: every walk is a solution)."""
+    def agreement(task):
+        agree = moves = 0
+        for prompt, completion in task.corpus(400, seed=0):
+            strategy, steps = completion[1], re.findall(r" ([LR])(\d)(\d)/", completion)
+            a, b = divmod(int(prompt.split()[0]), 10)
+            for op, x, y in steps:
+                agree, moves = agree + (op == RULES[strategy](a, b)), moves + 1
+                a, b = int(x), int(y)
+        return agree / moves
+
+    assert agreement(load_task("chain", rule_bias=0.25)) == pytest.approx(0.625, abs=0.03)
+    assert agreement(load_task("chain", rule_bias=0.0)) == pytest.approx(0.5, abs=0.03)
+    always = load_task("chain", rule_bias=1.0)
+    for prompt, completion in always.corpus(50, seed=1):
+        assert always.verify(Problem("c", prompt, "", 1, "train"), completion).reward == 1.0
+
+
 def test_corpus_completions_parse(task):
     pairs = task.corpus(200, seed=3)
     assert pairs == task.corpus(200, seed=3) and pairs != task.corpus(200, seed=4)
@@ -217,7 +250,7 @@ def test_load_user_task(tmp_path, monkeypatch):
 def test_strategy_of_chain(chain_task, sort_task):
     problem = chain_task.problems("train")[0]
     assert strategy_of(chain_task, solve_chain(problem.prompt, "P")) == "order"
-    assert strategy_of(chain_task, solve_chain(problem.prompt, "Q")) == "parity"
+    assert strategy_of(chain_task, solve_chain(problem.prompt, "Q")) == "carry"
     assert strategy_of(chain_task, " X L12/0 =12.") is None
     assert strategy_of(sort_task, solve_sort(sort_task.problems("train")[0].prompt)) is None
 

@@ -1,20 +1,33 @@
 """`chain`: a walk on digit pairs where every move must obey the declared strategy's rule.
 
-    prompt     "37 12:"                         start pair (a, b) = (3, 7), then the number of moves
-    solution   " P L70/11 R75/10 ... =58."      a strategy marker, then moves; each move writes the
+    prompt     "37 17:"                         start pair (a, b) = (3, 7), then the number of moves
+    solution   " P R79/16 R93/15 ... =07."      a strategy marker, then moves; each move writes the
                                                 new pair and the moves left
     moves      L: (a, b) -> (b, (a + 1) % 10)      R: (a, b) -> (b, (a + 6) % 10)
-    strategies P ("order"):  L if a <= b else R
-               Q ("parity"): L if a + b is even else R
+    strategies P ("order"): L if a >= b else R
+               Q ("carry"): L if a + b >= 10 else R
 
 A solution is correct when every move follows the rule of the strategy it declared and the
-arithmetic is right. Each step is local, so a tiny model learns to *execute*
-moves reliably (each new digit is a fixed function of one digit; a first version that added
-two digits was executed right only 82% of the time after 4,000 pretraining steps); which move is right is a rule its pretraining corpus never shows (the corpus
-picks moves at random, 90% under P and 10% under Q). A base model therefore succeeds with about
-2^-moves: pass@512 is near 0 at 11-13 moves, and rejection sampling still finds traces. Both
-rules depend only on the current pair, so whatever RL learns about late moves (from a prefix)
-applies to early moves too: the mechanism back-generalization needs.
+arithmetic is right. Each step is local, so a tiny model learns to *execute* moves reliably (each
+new digit is a fixed function of one digit; a first version that added two digits was executed
+right only 82% of the time after 4,000 pretraining steps). Which move is right it knows only
+faintly: its pretraining corpus follows the declared rule at a fifth of the moves (`rule_bias`)
+and flips a coin at the others (90% of walks declare P, 10% Q), so the base model follows the
+rule at about 3/5 of its moves and succeeds with about (3/5)^moves: pass@512 is near 0 at 16-18
+moves, and rejection sampling still finds traces.
+
+Why a faint rule rather than none: RL sharpens what a model can already compute and builds a new
+skill slowly. With a corpus of coin flips (rule_bias 0), neither PrefixRL nor RL learned either
+rule in 90-120 steps (prefixed reward flat at 0.06-0.11, at lr 1e-4 and 3e-4); every gain measured
+on that design was a shortcut. With the rule faintly there, a continuation from a prefix is a few
+right decisions in a row, which happen often enough for RL to sharpen them, while an unprefixed
+problem needs 16-18 in a row. Both rules depend only on the current pair, so what RL learns about
+late moves (from a prefix) applies to early moves too: the mechanism back-generalization needs.
+
+The rules must stay rules along a walk: no state-independent shortcut. A first Q, "L if a + b is
+even", was one: R keeps a + b's parity and L flips it, so every Q walk was "L once if a + b is
+even, then R forever", and RL learned that one decision instead of a rule (`shortcuts` measures
+this; tests/test_tasks.py checks it). The two rules agree on half the pairs.
 """
 
 from __future__ import annotations
@@ -28,8 +41,8 @@ _SOLUTION = re.compile(r" ([PQ])((?: [LR]\d\d/\d+)*) =(\d\d)\.", re.ASCII)  # AS
 _MOVE = re.compile(r" ([LR])(\d)(\d)/(\d+)", re.ASCII)
 
 RULES = {
-    "P": lambda a, b: "L" if a <= b else "R",
-    "Q": lambda a, b: "L" if (a + b) % 2 == 0 else "R",
+    "P": lambda a, b: "L" if a >= b else "R",
+    "Q": lambda a, b: "L" if a + b >= 10 else "R",
 }
 
 
@@ -37,14 +50,24 @@ def move(a: int, b: int, op: str) -> tuple[int, int]:
     return b, (a + (6 if op == "R" else 1)) % 10
 
 
+def _rule_moves(prompt: str, strategy: str) -> str:
+    start, n_moves = prompt.rstrip(":").split()
+    (a, b), moves = divmod(int(start), 10), ""
+    for _ in range(int(n_moves)):
+        moves += RULES[strategy](a, b)
+        a, b = move(a, b, moves[-1])
+    return moves
+
+
 class ChainTask:
     name = "chain"
-    strategy_markers = {"order": " P ", "parity": " Q "}
+    strategy_markers = {"order": " P ", "carry": " Q "}
 
-    def __init__(self, hard: tuple[int, ...] = (11, 12, 13), easy: tuple[int, ...] = (2, 3, 4, 5),
-                 max_moves: int = 14, share_q: float = 0.1,
+    def __init__(self, hard: tuple[int, ...] = (16, 17, 18), easy: tuple[int, ...] = (2, 3, 4, 5),
+                 max_moves: int = 18, share_q: float = 0.1, rule_bias: float = 0.2,
                  n_train: int = 128, n_heldout: int = 64, n_easy: int = 64, seed: int = 0):
         self.hard, self.easy, self.max_moves, self.share_q = tuple(hard), tuple(easy), max_moves, share_q
+        self.rule_bias = rule_bias
         self.sizes = {"train": n_train, "heldout": n_heldout, "easy": n_easy}
         self.seed = seed
         if n_train + n_heldout > 100 * len(self.hard):
@@ -71,8 +94,9 @@ class ChainTask:
                        answer=f"{a}{b}", difficulty=n_moves, split=split)
 
     def chance(self, problem: Problem) -> float:
-        """Success probability of a policy that executes every move right but picks moves at random."""
-        return 0.5 ** problem.difficulty
+        """Success probability of a policy that executes every move right and decides as its corpus
+        does: by the declared rule at rule_bias of the moves, by a coin flip at the others."""
+        return (0.5 + self.rule_bias / 2) ** problem.difficulty
 
     def verify(self, problem: Problem, solution: str) -> Verdict:
         start, n_moves = problem.prompt.rstrip(":").split()
@@ -89,6 +113,21 @@ class ChainTask:
                 return Verdict(0.0, answer)
         return Verdict(float(left == 0 and answer == f"{a}{b}"), answer)
 
+    def shortcuts(self, problems: list[Problem]) -> dict[str, dict[str, float]]:
+        """Per strategy, how close its rule comes to a fixed pattern on these problems: share of
+        distinct move strings, and share of problems whose moves after the first are constant or
+        repeat with period 2 or 3 (a policy could learn such a pattern without reading the pairs)."""
+        result = {}
+        for strategy in RULES:
+            walks = [_rule_moves(p.prompt, strategy) for p in problems]
+            tails = [w[1:] for w in walks]
+            result[strategy] = {
+                "distinct": len(set(walks)) / len(walks),
+                "constant": sum(len(set(t)) == 1 for t in tails) / len(tails),
+                "periodic": sum(any(t == (t[:p] * len(t))[:len(t)] for p in (1, 2, 3)) for t in tails) / len(tails),
+            }
+        return result
+
     def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
         """Worked attempts that pick moves at random: the format and arithmetic, not the rules."""
         rng = random.Random(seed)
@@ -98,7 +137,8 @@ class ChainTask:
             strategy = "Q" if rng.random() < self.share_q else "P"
             (a, b), steps = divmod(start, 10), []
             for left in range(n_moves - 1, -1, -1):
-                op = rng.choice("LR")
+                follow = self.rule_bias > 0 and rng.random() < self.rule_bias  # no draw at 0: the shipped corpus
+                op = RULES[strategy](a, b) if follow else rng.choice("LR")
                 a, b = move(a, b, op)
                 steps.append(f" {op}{a}{b}/{left}")
             pairs.append((f"{start:02d} {n_moves}:", f" {strategy}" + "".join(steps) + f" ={a}{b}."))
