@@ -129,7 +129,8 @@ class ChainTask:
         return result
 
     def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """Worked attempts that pick moves at random: the format and arithmetic, not the rules."""
+        """Worked attempts: the format and the arithmetic always, the rules faintly (a move follows the
+        declared rule with probability rule_bias, else is a coin flip)."""
         rng = random.Random(seed)
         pairs = []
         for _ in range(n):
@@ -137,7 +138,7 @@ class ChainTask:
             strategy = "Q" if rng.random() < self.share_q else "P"
             (a, b), steps = divmod(start, 10), []
             for left in range(n_moves - 1, -1, -1):
-                follow = self.rule_bias > 0 and rng.random() < self.rule_bias  # no draw at 0: the shipped corpus
+                follow = self.rule_bias > 0 and rng.random() < self.rule_bias  # no draw at 0: the coin-flip corpus, seed for seed
                 op = RULES[strategy](a, b) if follow else rng.choice("LR")
                 a, b = move(a, b, op)
                 steps.append(f" {op}{a}{b}/{left}")
