@@ -93,11 +93,12 @@ def fit_prefix(tokenizer, problem_prompt: str, text: str, offsets: list[tuple[in
     if head > limit:
         raise InputError(f"{name}: the rendered problem alone is {head} tokens, over max_prompt_length {limit}: "
                          "generate fewer tokens (max_completion_length) or leave the problem out")
-    if length(h) <= limit:
+    full = length(h)
+    if full <= limit:
         return h
     if cfg.on_too_long == "error":
         raise InputError(
-            f"{name}: the prefixed prompt would be {length(h)} tokens (problem {head} + prefix {h}), over "
+            f"{name}: the prefixed prompt would be {full} tokens (problem {head} + prefix {h}), over "
             f"max_prompt_length {limit} (as given, or the policy's context window less max_completion_length): "
             "cut such prefixes shorter with --on-too-long truncate (PrefixConfig.on_too_long), or generate "
             "fewer tokens (max_completion_length)")

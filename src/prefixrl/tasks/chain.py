@@ -50,13 +50,13 @@ def move(a: int, b: int, op: str) -> tuple[int, int]:
     return b, (a + (6 if op == "R" else 1)) % 10
 
 
-def _rule_moves(prompt: str, strategy: str) -> str:
-    start, n_moves = prompt.rstrip(":").split()
-    (a, b), moves = divmod(int(start), 10), ""
-    for _ in range(int(n_moves)):
+def rule_walk(start: int, n_moves: int, strategy: str) -> tuple[str, str]:
+    """The moves (e.g. "LRRL...") and the final pair of the walk that follows `strategy`'s rule."""
+    (a, b), moves = divmod(start, 10), ""
+    for _ in range(n_moves):
         moves += RULES[strategy](a, b)
         a, b = move(a, b, moves[-1])
-    return moves
+    return moves, f"{a}{b}"
 
 
 class ChainTask:
@@ -87,11 +87,9 @@ class ChainTask:
         return [self._problem(start, n, split) for start, n in chosen]
 
     def _problem(self, start: int, n_moves: int, split: str) -> Problem:
-        a, b = divmod(start, 10)
-        for _ in range(n_moves):  # the gold answer under strategy P (Q ends elsewhere, also correct)
-            a, b = move(a, b, RULES["P"](a, b))
+        _, answer = rule_walk(start, n_moves, "P")  # the gold answer under strategy P (Q ends elsewhere, also correct)
         return Problem(id=f"chain-{start:02d}-{n_moves}", prompt=f"{start:02d} {n_moves}:",
-                       answer=f"{a}{b}", difficulty=n_moves, split=split)
+                       answer=answer, difficulty=n_moves, split=split)
 
     def chance(self, problem: Problem) -> float:
         """Success probability of a policy that executes every move right and decides as its corpus
@@ -119,7 +117,7 @@ class ChainTask:
         repeat with period 2 or 3 (a policy could learn such a pattern without reading the pairs)."""
         result = {}
         for strategy in RULES:
-            walks = [_rule_moves(p.prompt, strategy) for p in problems]
+            walks = [rule_walk(*map(int, p.prompt.rstrip(":").split()), strategy)[0] for p in problems]
             tails = [w[1:] for w in walks]
             result[strategy] = {
                 "distinct": len(set(walks)) / len(walks),
