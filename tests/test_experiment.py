@@ -2,6 +2,7 @@
 the FLOPs budget, the report's numbers match the runs' own logs, and a killed experiment resumes."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -172,3 +173,49 @@ def test_prepared_prefixes_keep_to_the_context_window(chain_task, tmp_path, monk
     uncut = prepare_data(refused, tmp_path / "default", Console(quiet=True), quiet=True).rows
     expected = prefixed_problems(data.sampler.tokenizer, traces, {p.id: p for p in hard}, refused.prefixes)
     assert [r["prefix"] for r in uncut] == [r["prefix"] for r in expected]
+
+
+def _start_pool_then_die(pid_file: str) -> None:
+    """An experiment's main process killed mid-run: its pool's worker is busy with a long run."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from prefixrl.experiment import _init_worker
+
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(1, os.getpid()))
+    worker_pid = pool.submit(os.getpid).result()
+    pool.submit(time_sleep, 600)
+    with open(pid_file, "w") as f:
+        f.write(str(worker_pid))
+    os._exit(0)
+
+
+def time_sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def test_workers_exit_when_the_experiment_is_killed(tmp_path):
+    """A worker left running would keep writing its run folder under a restarted experiment."""
+    import time
+    from multiprocessing import get_context
+
+    pid_file = tmp_path / "worker.pid"
+    main = get_context("spawn").Process(target=_start_pool_then_die, args=(str(pid_file),))
+    main.start()
+    main.join(60)
+    worker = int(pid_file.read_text())
+    deadline = time.time() + 15
+    while time.time() < deadline and _alive(worker):
+        time.sleep(0.5)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split()[2] == "Z" if os.path.exists(f"/proc/{pid}/stat") else True

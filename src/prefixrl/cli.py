@@ -64,12 +64,18 @@ def pretrain(task: str = typer.Argument(..., help="Task whose base model to trai
              steps: int = typer.Option(4000, help="Optimizer steps."),
              batch_size: int = typer.Option(32, help="Sequences per step."),
              lr: float = typer.Option(3e-3, help="Peak learning rate (cosine schedule)."),
+             tokenizer: str = typer.Option("char", help="'char', or 'bpe' (a byte-level BPE learned from the corpus)."),
+             hidden_size: int = typer.Option(128, help="Model width (the MLP is 3x wider)."),
+             layers: int = typer.Option(3, help="Transformer layers."),
              seed: int = SEED):
     """Train a task's tiny base model from random weights on its corpus of worked attempts."""
+    from prefixrl.models import TinyModelConfig
     from prefixrl.pretrain import PretrainConfig, pretrain as run
 
     try:
-        path = run(_task(task, task_arg), out, PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed))
+        shape = TinyModelConfig(hidden_size=hidden_size, num_hidden_layers=layers, intermediate_size=3 * hidden_size)
+        path = run(_task(task, task_arg), out, PretrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                                                              model=shape, tokenizer=tokenizer))
     except (ValueError, InputError) as err:
         _fail(err)
     console.print(f"saved base model to {path}")

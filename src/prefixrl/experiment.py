@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -81,8 +82,8 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
         console.rule(f"train: {len(jobs)} runs, {cfg.workers} at a time")
         threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         with progress_bar(disable=quiet) as bar, ProcessPoolExecutor(
-                cfg.workers, mp_context=get_context("spawn"), initializer=torch.set_num_threads,
-                initargs=(threads,)) as pool:
+                cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                initargs=(threads, os.getpid())) as pool:
             bar_id = bar.add_task("runs", total=len(jobs), rate="")
             for future in as_completed([pool.submit(_run, **job) for job in jobs]):
                 future.result()  # a failed run fails the experiment, with its traceback
@@ -110,6 +111,19 @@ def _shared(data) -> dict:
     """What every run needs from the data stages (picklable, for worker processes)."""
     return dict(task=data.task, model_path=data.model_path, rows=data.rows, traces=data.traces,
                 collect_flops=data.collect_flops)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    torch.set_num_threads(threads)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """A worker outlives a killed experiment (SIGTERM reaches only the main process) and would
+    go on writing its run folder under a restarted one: it exits once its parent is gone."""
+    while os.getppid() == parent:
+        time.sleep(2)
+    os._exit(1)
 
 
 def _run(method: str, seed: int, cfg: ExperimentConfig, out: Path, data: dict, evals: dict) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>", "bos_token": "<bos>"}
@@ -27,6 +27,20 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"(?m)."), behavior="isolated")
     tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, padding_side="left")
+
+
+def bpe_tokenizer(texts: list[str], vocab_size: int = 384) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2's pre-tokenizer) learned from `texts`: another tokenizer family for
+    the tiny models, whose tokens span several characters, so traces written with it must be re-cut
+    in the policy's tokens. GPT-2's word split keeps a prompt's last token ("14:" -> ":") from
+    merging with the completion's first (" Q"), which sampling would never see merged."""
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, padding_side="left")
 
 

@@ -18,7 +18,7 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from prefixrl.flops import FlopsLedger
-from prefixrl.models import TinyModelConfig, char_tokenizer, n_params, tiny_model
+from prefixrl.models import TinyModelConfig, bpe_tokenizer, char_tokenizer, n_params, tiny_model
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Task, task_args
 
@@ -30,10 +30,14 @@ class PretrainConfig:
     lr: float = 3e-3  # about 3e-3 worked for 0.5 M-parameter models on this kind of data
     seed: int = 0
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    tokenizer: str = "char"  # "char", or "bpe": a byte-level BPE of bpe_vocab_size learned from the corpus
+    bpe_vocab_size: int = 384
 
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = TinyModelConfig(**self.model)
+        if self.tokenizer not in ("char", "bpe"):
+            raise ValueError(f"PretrainConfig.tokenizer must be 'char' or 'bpe', got {self.tokenizer!r}")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -44,16 +48,17 @@ def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None)
     cfg = cfg or PretrainConfig()
     out_dir = Path(out_dir)
     set_seed(cfg.seed)
-    tokenizer = char_tokenizer()
-    model = tiny_model(tokenizer, cfg.model, seed=cfg.seed)
     pairs = task.corpus(cfg.steps * cfg.batch_size, seed=cfg.seed)
+    texts = [p + c for p, c in pairs]
+    tokenizer = char_tokenizer() if cfg.tokenizer == "char" else bpe_tokenizer(texts, cfg.bpe_vocab_size)
+    model = tiny_model(tokenizer, cfg.model, seed=cfg.seed)
     dataset = Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=int(0.03 * cfg.steps),
         weight_decay=0.0, seed=cfg.seed, bf16=False, use_cpu=not torch.cuda.is_available(),
         report_to="none", save_strategy="no", logging_steps=max(1, cfg.steps // 20),
-        completion_only_loss=True, max_length=task_max_length(pairs), dataset_num_proc=None,
+        completion_only_loss=True, max_length=max(map(len, texts)) + 2, dataset_num_proc=None,  # chars >= tokens
         dataloader_num_workers=0, disable_tqdm=False,
     )
     start = time.time()
@@ -61,7 +66,7 @@ def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None)
     trainer.train()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    n_tokens = sum(len(p) + len(c) + 1 for p, c in pairs)  # chars = tokens, +1 for <eos>
+    n_tokens = sum(map(len, tokenizer(texts)["input_ids"])) + len(texts)  # +1 for <eos>
     ledger = FlopsLedger(out_dir / "flops.json")
     ledger.add("pretrain", train_tokens=n_tokens, n_params=n_params(model))
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
@@ -69,8 +74,4 @@ def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None)
                    seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start,
                    extra={"final_loss": losses[-1] if losses else None, "n_params": n_params(model)})
     return out_dir
-
-
-def task_max_length(pairs: list[tuple[str, str]]) -> int:
-    return max(len(p) + len(c) for p, c in pairs) + 2
 
