@@ -74,6 +74,9 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
 
     jobs = [dict(method=m, seed=seed, cfg=cfg, out=out, data=_shared(data), evals=evals)
             for m in cfg.methods for seed in cfg.seeds]
+    # longest first, so the last runs finish together: a trace-free method is charged no collection,
+    # so the same budget buys it more steps
+    jobs.sort(key=lambda job: job["method"] not in TRACE_FREE)
     if cfg.workers == 1:
         for index, job in enumerate(jobs, 1):
             console.rule(f"run {index}/{len(jobs)}: {job['method']}, seed {job['seed']}")
