@@ -41,8 +41,8 @@ def main() -> None:
     print("\nclaims:")
     for claim in summary["claims"]:
         print(f"- {claim['status']}: {claim['claim']} ({claim['evidence']})")
-    print(f"\n{summary['total_flops']:.3g} FLOPs in {(time.time() - start) / 60:.1f} min (resumed runs count only "
-          f"this session's time); report: {args.out}/report/README.md")
+    print(f"\n{summary['total_flops']:.3g} FLOPs (data stages and training) in {(time.time() - start) / 60:.1f} min "
+          f"(resumed runs count only this session's time); report: {args.out}/report/README.md")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ def test_speedup_and_final_ratio():
     never = [[(10.0, 0.0), (100.0, 0.1)]]
     assert analysis.speedup(never, baseline, grid) is None  # never reaches 0.2
     flat = [[(0.0, 0.0), (100.0, 0.0)]]
-    assert analysis.speedup(method, flat, grid) is None  # nothing to reach
+    assert math.isinf(analysis.speedup(method, flat, grid))  # a baseline at 0 is beaten from the start
     assert math.isinf(analysis.final_ratio(method, flat))
+    assert analysis.speedup(flat, flat, grid) is None and math.isnan(analysis.final_ratio(flat, flat))
 
 
 def test_bootstrap_interval_over_seeds():

@@ -2,6 +2,7 @@
 the FLOPs budget, the report's numbers match the runs' own logs, and a killed experiment resumes."""
 
 import json
+import math
 import os
 import shutil
 
@@ -91,8 +92,10 @@ def test_report_numbers_match_the_logs(experiment):
                 spent = _mean_reach(curves[baseline], finals[baseline])
                 ours = _mean_reach(curves["prefixrl"], finals[baseline])
                 assert row["speedup"] == (None if ours is None else pytest.approx(spent / ours))
+            elif finals["prefixrl"] > 0:
+                assert row["speedup"] == row["final_ratio"] == float("inf")
             else:
-                assert row["speedup"] is None and row["final_ratio"] == float("inf")
+                assert row["speedup"] is None and math.isnan(row["final_ratio"])
     text = (out / "report" / "README.md").read_text()
     assert f"{summary['headline']['hard']['final']['prefixrl']['mean']:.3f}" in text
     assert all(c["claim"] in text and c["status"] in text for c in summary["claims"])
@@ -173,6 +176,36 @@ def test_prepared_prefixes_keep_to_the_context_window(chain_task, tmp_path, monk
     uncut = prepare_data(refused, tmp_path / "default", Console(quiet=True), quiet=True).rows
     expected = prefixed_problems(data.sampler.tokenizer, traces, {p.id: p for p in hard}, refused.prefixes)
     assert [r["prefix"] for r in uncut] == [r["prefix"] for r in expected]
+
+
+def test_a_config_section_keeps_the_defaults_it_does_not_set(tmp_path):
+    """An experiment's `train:` without `steps` keeps the experiment's cap (a budget, not 100
+    steps, ends each run), and YAML's text for 1e-4 is read as a number."""
+    from prefixrl.experiment import ExperimentConfig
+
+    (tmp_path / "c.yaml").write_text("train: {lr: 1e-4, eval_every: 5}\nsft: {lr: 2e-3}\n")
+    cfg = ExperimentConfig.from_yaml(tmp_path / "c.yaml")
+    assert cfg.train.steps == ExperimentConfig().train.steps == 100_000
+    assert (cfg.train.lr, cfg.train.eval_every, cfg.sft.lr) == (1e-4, 5, 2e-3)
+    (tmp_path / "bad.yaml").write_text("train: {lr: fast}\n")
+    with pytest.raises(InputError, match="train: lr must be a number, got 'fast'"):
+        ExperimentConfig.from_yaml(tmp_path / "bad.yaml")
+
+
+def test_an_experiment_refuses_what_its_report_could_not_compare(tmp_path, monkeypatch):
+    """No evaluations (eval_every 0), or no held-out problems: refused before anything trains."""
+    from types import SimpleNamespace
+
+    from prefixrl import experiment
+
+    (tmp_path / "c.yaml").write_text("train: {eval_every: 0}\n")
+    with pytest.raises(ValueError, match="eval_every must be >= 1"):
+        experiment.ExperimentConfig.from_yaml(tmp_path / "c.yaml")
+    no_heldout = SimpleNamespace(solved=["p"], task=SimpleNamespace(problems=lambda split: []))
+    monkeypatch.setattr(experiment, "prepare_data", lambda *args, **kwargs: no_heldout)
+    (tmp_path / "c.yaml").write_text("task: math\n")
+    with pytest.raises(InputError, match="no held-out problems"):
+        experiment.run_experiment(tmp_path / "c.yaml", tmp_path / "out", quiet=True)
 
 
 def _start_pool_then_die(pid_file: str) -> None:

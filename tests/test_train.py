@@ -222,6 +222,20 @@ def test_resume_matches_an_uninterrupted_run(setup, sort_task, trained, tmp_path
     assert all(torch.allclose(after[k], reference[k]) for k in reference)
 
 
+def test_a_run_folder_refuses_other_settings(setup, sort_task, trained, tmp_path):
+    """Finished or not, a run is not resumed (or reused) under another config: its numbers would be
+    reported as the new config's."""
+    from dataclasses import replace
+
+    from prefixrl.files import InputError
+
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    with pytest.raises(InputError, match=rf"other settings \(lr: {CFG.lr!r} -> {2 * CFG.lr!r}\)"):
+        train(sort_task, str(setup.model_dir), setup.rows, out, replace(CFG, lr=2 * CFG.lr))
+    assert train(sort_task, str(setup.model_dir), setup.rows, out, replace(CFG, progress_bar=False)) == out / "model"
+
+
 def all_grads(model):
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in model.parameters()])
 

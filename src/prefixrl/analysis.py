@@ -41,11 +41,12 @@ def flops_to_reach(grid: np.ndarray, curve: np.ndarray, target: float) -> float 
 
 
 def speedup(method: list[Curve], baseline: list[Curve], grid: np.ndarray) -> float | None:
-    """How many times fewer FLOPs the method needs to reach the baseline's final value; None when
-    the baseline learned nothing (final 0) or the method never reaches it."""
+    """How many times fewer FLOPs the method needs to reach the baseline's final value: inf when
+    the baseline ends at 0 and the method does not (as final_ratio), None when the method never
+    reaches it (or both end at 0)."""
     target = final_values(baseline).mean()
     if target <= 0:
-        return None
+        return float("inf") if final_values(method).mean() > 0 else None
     spent_baseline = flops_to_reach(grid, mean_curve(baseline, grid), target)
     spent_method = flops_to_reach(grid, mean_curve(method, grid), target)
     if spent_method is None or spent_baseline is None:
@@ -54,8 +55,10 @@ def speedup(method: list[Curve], baseline: list[Curve], grid: np.ndarray) -> flo
 
 
 def final_ratio(method: list[Curve], baseline: list[Curve]) -> float:
-    base = final_values(baseline).mean()
-    return float(final_values(method).mean() / base) if base > 0 else float("inf")
+    base, ours = final_values(baseline).mean(), final_values(method).mean()
+    if base > 0:
+        return float(ours / base)
+    return float("inf") if ours > 0 else float("nan")  # 0 / 0: both learned nothing
 
 
 def bootstrap(statistic, method: list[Curve], baseline: list[Curve], n: int = 1000, seed: int = 0,

@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 
 from prefixrl.adaptive import AdaptiveConfig
-from prefixrl.files import atomic_write_text, progress_bar
+from prefixrl.files import InputError, atomic_write_text, progress_bar
 from prefixrl.generate import make_sampler
 from prefixrl.methods import METHODS, TRACE_FREE, run_method
 from prefixrl.pipeline import PipelineConfig, prepare_data
@@ -57,6 +57,8 @@ class ExperimentConfig(PipelineConfig):
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if not self.seeds:
             raise ValueError("an experiment needs at least one seed")
+        if self.train.eval_every < 1:
+            raise ValueError("an experiment compares runs by their evaluations: train.eval_every must be >= 1")
         self.budget_flops = float(self.budget_flops)  # YAML reads 1e14 as a string
 
 
@@ -71,6 +73,9 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
                   f"{cfg.budget_flops:.3g} FLOPs per run")
     data = prepare_data(cfg, out, console, quiet, max_completion_length=cfg.train.max_completion_length)
     evals = {"hard": data.solved, "heldout": data.task.problems("heldout")[:cfg.heldout or len(data.solved)]}
+    if not evals["heldout"]:  # before any training: the report compares methods on held-out problems too
+        raise InputError(f"task {cfg.task!r} has no held-out problems, which the experiment evaluates on "
+                         "(math: add `heldout: FILE` to task_args)")
 
     jobs = [dict(method=m, seed=seed, cfg=cfg, out=out, data=_shared(data), evals=evals)
             for m in cfg.methods for seed in cfg.seeds]

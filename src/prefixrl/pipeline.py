@@ -6,7 +6,7 @@ continues where it stopped. Configs are YAML files read into nested dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -51,8 +51,11 @@ class PipelineConfig:
         return build_config(cls, yaml.safe_load(path.read_text()) or {}, str(path))
 
 
-def build_config(cls, raw: dict, where: str):
-    """A dataclass from a dict, nested dataclasses included; unknown keys are errors."""
+def build_config(cls, raw: dict, where: str, default=None):
+    """A dataclass from a dict, nested dataclasses included, over `default` (an instance; default:
+    the class's defaults): a section that sets some keys keeps the defaults of the others, also
+    those a default_factory sets (an experiment's `train:` keeps its `steps` cap unless it sets
+    one). Unknown keys are errors; a number YAML reads as text (it reads 1e-4 so) becomes a float."""
     if not isinstance(raw, dict):
         raise InputError(f"{where}: expected a mapping, got {type(raw).__name__}")
     known = {f.name: f for f in fields(cls)}
@@ -61,10 +64,22 @@ def build_config(cls, raw: dict, where: str):
         raise InputError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
     kwargs = {}
     for name, value in raw.items():
-        default = known[name].default_factory() if callable(known[name].default_factory) else None
-        is_nested = hasattr(default, "__dataclass_fields__")
-        kwargs[name] = build_config(type(default), value, f"{where}: {name}") if is_nested else value
-    return cls(**kwargs)
+        current = getattr(default, name) if default is not None else _default_of(known[name])
+        if hasattr(current, "__dataclass_fields__"):
+            value = build_config(type(current), value, f"{where}: {name}", current)
+        elif isinstance(current, float) and isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise InputError(f"{where}: {name} must be a number, got {value!r}") from None
+        kwargs[name] = value
+    return replace(default, **kwargs) if default is not None else cls(**kwargs)
+
+
+def _default_of(f):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None
 
 
 def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool = False,

@@ -212,8 +212,9 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
 
 
 def _total_flops(out: Path, runs: dict[str, list[dict]], collect_flops: float) -> float:
-    """Everything the experiment spent: screening and collection once, then each run's own FLOPs
-    (its ledger minus the collection FLOPs it was charged)."""
+    """The data stages and training: screening and collection once, then each run's own FLOPs (its
+    ledger minus the collection FLOPs it was charged). Evaluation and calibration are measurement,
+    charged to no method, and not counted."""
     from prefixrl.flops import FlopsLedger
     from prefixrl.methods import TRACE_FREE
 
@@ -231,6 +232,8 @@ def ratio_text(value: float | None) -> str:
     """A speedup or final-reward ratio as the report and the benchmark print it."""
     if value is None:
         return "not reached"
+    if value != value:  # nan
+        return "n/a (both at 0)"
     return "inf (baseline at 0)" if value == float("inf") else f"{value:.2f}x"
 
 
@@ -247,7 +250,8 @@ def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
         f"run stopped at {cfg.budget_flops:.3g} FLOPs. RL: {cfg.train.problems_per_step} problems x "
         f"{cfg.train.num_generations} samples per step, lr {cfg.train.lr}, loss {cfg.train.loss_type}; unprefixed "
         f"evaluation every {cfg.train.eval_every} steps, {cfg.train.eval_n} samples per problem at temperature "
-        f"{cfg.train.eval_temperature}. Total compute: {summary['total_flops']:.3g} FLOPs.",
+        f"{cfg.train.eval_temperature}. Compute: {summary['total_flops']:.3g} FLOPs for the data stages and "
+        f"training (evaluations not counted).",
     ]
     if method:
         parts.append(f"## Headline: `{method}` against each baseline")

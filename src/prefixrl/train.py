@@ -45,7 +45,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from prefixrl.evaluate import score_problems
-from prefixrl.files import AppendLog, atomic_write_text
+from prefixrl.files import AppendLog, InputError, atomic_write_text
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
@@ -517,6 +517,20 @@ def policy_dtype(bf16: bool) -> torch.dtype:
     return torch.bfloat16 if bf16 and sharded else torch.float32
 
 
+def _check_same_config(out_dir: Path, cfg: TrainConfig) -> None:
+    """A run folder resumes (or is returned, if finished) only under the config it was started
+    with: otherwise a changed budget or learning rate would be reported for runs that never had it."""
+    path = out_dir / "config.json"
+    if not path.exists():
+        return
+    stored, wanted = json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg)))
+    changed = sorted(k for k in stored.keys() & wanted.keys() if k != "progress_bar" and stored[k] != wanted[k])
+    if changed:
+        diff = ", ".join(f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in changed)
+        raise InputError(f"{out_dir} holds a run started with other settings ({diff}): pass another output "
+                         f"folder, or delete this one to start it over")
+
+
 def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cfg: TrainConfig | None = None,
           eval_problems: dict[str, list[Problem]] | None = None, prior_flops: FlopsLedger | None = None,
           off_policy: OffPolicyTraces | None = None, adaptive=None) -> Path:
@@ -527,6 +541,7 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
     that re-chooses the rows' prefixes during training (prefixrl-adaptive; `rows` is then ignored)."""
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
+    _check_same_config(out_dir, cfg)
     if (out_dir / "model").is_dir() and (out_dir / "manifest.json").exists():
         return out_dir / "model"  # finished earlier
     if cfg.use_vllm:  # fail before loading anything, with the message that says how to get it
