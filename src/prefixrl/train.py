@@ -157,12 +157,15 @@ class PrefixRLTrainer(GRPOTrainer):
         if self.live_rows is not None:  # the current prompt and prefix of each row's slot
             inputs = [{**x, **self.live_rows[x["slot"]]} for x in inputs]
         self._batch_inputs = inputs  # read by _generate, which sees only the prompts
+        self._discarded_tokens = 0  # generated, then replaced by a trace (set by _generate)
         out = super()._generate_and_score_completions(inputs)
         local = out["prompt_mask"].sum() + out["completion_mask"].sum()
-        tokens = int(self.accelerator.gather(local.reshape(1)).sum())
-        # rollouts read and write every token once (2ND, on vLLM or not); the update trains on all of them
-        # (6ND). The count is gathered: every process's tokens, counted once, in every process's ledger.
-        self.flops_ledger.add("rollouts", n_params=self.n_params, inference_tokens=tokens)
+        counts = torch.stack([local, torch.tensor(self._discarded_tokens, device=local.device)])
+        tokens, discarded = self.accelerator.gather(counts).reshape(-1, 2).sum(0).tolist()
+        # rollouts read and write every token once (2ND, on vLLM or not), the samples a trace replaced
+        # included; the update trains on the batch's (6ND). The counts are gathered: every process's
+        # tokens, counted once, in every process's ledger.
+        self.flops_ledger.add("rollouts", n_params=self.n_params, inference_tokens=tokens + discarded)
         self.flops_ledger.add("updates", n_params=self.n_params, train_tokens=tokens)
         extra = self._extra_forward_passes()
         if extra:  # old-policy / reference forward passes
@@ -202,6 +205,7 @@ class PrefixRLTrainer(GRPOTrainer):
         for i in self._off_policy_rows(len(prompts)):
             # the trace replaces the group's last sample: it is scored and baselined like the others
             ids = self.off_policy.token_ids[self._batch_inputs[i]["problem_id"]]
+            self._discarded_tokens += len(completion_ids[i])
             completion_ids[i] = list(ids)
             completions[i] = self.processing_class.decode(ids, skip_special_tokens=True)
             if logprobs is not None:  # vLLM's sampling log-probs: none for a trace (TRL reads None as
