@@ -7,6 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from prefixrl.cli import app
+from prefixrl.files import read_jsonl
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import TinyModelConfig, char_tokenizer, tiny_model
 from prefixrl.tasks import Problem
@@ -70,6 +71,10 @@ def test_screen_collect_evaluate(model_dir, tmp_path):
     assert set(ev) == {"n", "problems", "pass@1", "pass@2", "pass@4"}
     assert ev["n"] == 4 and ev["problems"] == 64
     assert 0.0 <= ev["pass@1"] <= ev["pass@2"] <= ev["pass@4"] <= 1.0
+    manifest = json.loads((tmp_path / "eval" / "manifest.json").read_text())
+    ledger = json.loads((tmp_path / "eval" / "flops.json").read_text())
+    assert manifest["stage"] == "evaluate" and manifest["flops"] == ledger["total"] > 0
+    assert len(manifest["config"]["problems"]) == 64 and manifest["config"]["sampling"]["temperature"] == 0.7  # evaluate's default
 
 
 def test_unknown_task_exits_2(model_dir, tmp_path):
@@ -133,6 +138,13 @@ def test_prefixes_calibration_samples_up_to_max_completion_length(model_dir, tmp
                     "--max-completion-length", 9, "--out", tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
     assert [p.max_new_tokens for p in made] == [9]
+    # the calibration's sampling is in the stage's ledger (chargeable with --prior-flops) and manifest
+    calibration = read_jsonl(tmp_path / "out" / "calibration.jsonl")
+    tokens = sum(point["tokens"] for row in calibration for point in row["points"])
+    ledger = json.loads((tmp_path / "out" / "flops.json").read_text())
+    assert ledger["stages"]["calibration"]["inference_tokens"] == tokens > 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["stage"] == "prefixes" and manifest["flops"] == ledger["total"]
 
 
 @pytest.fixture

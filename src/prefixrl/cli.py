@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -175,11 +177,14 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
              seed: int = SEED, quiet: bool = QUIET):
     """Cut prefixes from correct traces and write the training mix (train.jsonl)."""
     from prefixrl.files import write_jsonl
-    from prefixrl.models import load_model, resolve_model
+    from prefixrl.flops import FlopsLedger
+    from prefixrl.models import load_model, n_params, resolve_model
     from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limit
+    from prefixrl.runinfo import write_manifest
     from prefixrl.tasks import problems_by_id
     from prefixrl.traces import load_traces
 
+    start = time.time()
     try:
         the_task = _task(task, task_arg)
         cfg = PrefixConfig(policy=policy, cuts_per_trace=cuts, low=low, high=high, fractions=list(fraction),
@@ -203,6 +208,11 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
             _print_dict("success vs prefix fraction", {f"{f:.0%}": v for f, v in curve.items()})
         rows = prefixed_problems(tokenizer, all_traces, problems, cfg, calibration=calibration)
         write_jsonl(out / "train.jsonl", rows)
+        ledger = FlopsLedger(out / "flops.json", fresh=True)  # calibration's sampling, chargeable (--prior-flops)
+        ledger.add("calibration", n_params=n_params(model_obj),
+                   inference_tokens=sum(p["tokens"] for row in calibration or [] for p in row["points"]))
+        write_manifest(out, stage="prefixes", config={"model": model, "traces": str(traces), **asdict(cfg)},
+                       seed=seed, flops=ledger.total, wall_time_s=time.time() - start, task=the_task)
     except (ValueError, InputError) as err:
         _fail(err)
     n_prefixed = sum(r["prefixed"] for r in rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from prefixrl.files import AppendLog, atomic_write_text, progress_bar
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
-from prefixrl.tasks import Problem, Task, strategy_of, verify_all
+from prefixrl.runinfo import write_manifest
+from prefixrl.tasks import Problem, Task, strategy_of, task_args, verify_all
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -82,7 +84,13 @@ def summarize(rows: list[dict], ks: list[int]) -> dict:
 def evaluate(task: Task, sampler: Sampler, problems: list[Problem], n: int, out_dir: str | Path,
              seed: int = 0, quiet: bool = False) -> dict:
     """Score problems and write `eval.json` with mean pass@k for k = 1, 2, 4, ..., n."""
+    start = time.time()
     rows = score_problems(task, sampler, problems, n, out_dir, seed=seed, quiet=quiet)
     result = {"n": n, "problems": len(rows), **summarize(rows, default_ks(n))}
     atomic_write_text(Path(out_dir) / "eval.json", json.dumps(result, indent=2))
+    write_manifest(out_dir, stage="evaluate", config={"task": task.name, "task_args": task_args(task), "n": n,
+                                                      "problems": [p.id for p in problems],
+                                                      "sampling": asdict(sampler.params)},
+                   seed=seed, flops=FlopsLedger(Path(out_dir) / "flops.json").total,
+                   wall_time_s=time.time() - start, task=task)
     return result
