@@ -17,9 +17,9 @@ from prefixrl.experiment import run_experiment
 from prefixrl.report import ratio_text
 
 
-def _x(value, interval) -> str:
+def _x(value, interval, none: str = "not reached") -> str:
     ci = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and value not in (None, float("inf")) else ""
-    return ratio_text(value) + ci
+    return ratio_text(value, none) + ci
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
         for baseline, row in numbers["against"].items():
             final = numbers["final"][baseline]
             print(f"| {baseline} | {final['mean']:.3f} ± {final['std']:.3f} | {_x(row['speedup'], row['speedup_ci'])} "
-                  f"| {_x(row['final_ratio'], row['final_ratio_ci'])} |")
+                  f"| {_x(row['final_ratio'], row['final_ratio_ci'], 'n/a (both at 0)')} |")
     print("\nclaims:")
     for claim in summary["claims"]:
         print(f"- {claim['status']}: {claim['claim']} ({claim['evidence']})")

@@ -54,11 +54,11 @@ def speedup(method: list[Curve], baseline: list[Curve], grid: np.ndarray) -> flo
     return spent_baseline / max(spent_method, 1e-30)
 
 
-def final_ratio(method: list[Curve], baseline: list[Curve]) -> float:
+def final_ratio(method: list[Curve], baseline: list[Curve]) -> float | None:
     base, ours = final_values(baseline).mean(), final_values(method).mean()
     if base > 0:
         return float(ours / base)
-    return float("inf") if ours > 0 else float("nan")  # 0 / 0: both learned nothing
+    return float("inf") if ours > 0 else None  # 0 / 0: both learned nothing
 
 
 def bootstrap(statistic, method: list[Curve], baseline: list[Curve], n: int = 1000, seed: int = 0,

@@ -43,8 +43,9 @@ def _higher_final(runs, numbers, calibration, method):
     present = {b: against[b]["final_ratio"] for b in targets if b in against}
     if not present:
         return _verdict(name, NOT_RUN, "needs prefixrl and rl or sft-rl")
-    met = [ratio >= targets[b] for b, ratio in present.items()]
-    status = REPRODUCED if all(met) and len(met) == 2 else PARTLY if any(met) or all(r > 1 for r in present.values()) else NOT
+    met = [ratio is not None and ratio >= targets[b] for b, ratio in present.items()]  # None: both at 0
+    above = all(r is not None and r > 1 for r in present.values())
+    status = REPRODUCED if all(met) and len(met) == 2 else PARTLY if any(met) or above else NOT
     return _verdict(name, status, "; ".join(f"vs {b}: {_fmt(r)} (target {targets[b]})" for b, r in present.items()))
 
 

@@ -228,12 +228,11 @@ def _interval(ci) -> str:
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
 
 
-def ratio_text(value: float | None) -> str:
-    """A speedup or final-reward ratio as the report and the benchmark print it."""
+def ratio_text(value: float | None, none: str = "not reached") -> str:
+    """A speedup or final-reward ratio as the report and the benchmark print it; `none`: what an
+    undefined one means (a speedup: the method never reaches the baseline; a ratio: both at 0)."""
     if value is None:
-        return "not reached"
-    if value != value:  # nan
-        return "n/a (both at 0)"
+        return none
     return "inf (baseline at 0)" if value == float("inf") else f"{value:.2f}x"
 
 
@@ -258,7 +257,7 @@ def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
         for split, title in SPLITS.items():
             rows = [[b, f"{numbers[split]['final'][b]['mean']:.3f} ± {numbers[split]['final'][b]['std']:.3f}",
                      ratio_text(r["speedup"]), _interval(r["speedup_ci"]),
-                     ratio_text(r["final_ratio"]), _interval(r["final_ratio_ci"])]
+                     ratio_text(r["final_ratio"], none="n/a (both at 0)"), _interval(r["final_ratio_ci"])]
                     for b, r in numbers[split]["against"].items()]
             ours = numbers[split]["final"][method]
             parts += [f"**{title}** ({method} final pass@1 {ours['mean']:.3f} ± {ours['std']:.3f}):",
