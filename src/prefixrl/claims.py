@@ -32,8 +32,12 @@ def _faster(runs, numbers, calibration, method):
     status = NOT if speedup is None or speedup <= 1 else REPRODUCED if speedup >= 2 else PARTLY
     ci = row["speedup_ci"]
     interval = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
-    return _verdict(name, status, f"speedup {_fmt(speedup)} (90% interval {interval}); "
-                                  f"held-out: {_fmt(numbers['heldout']['against']['sft-rl']['speedup'])}")
+    held_out = numbers["heldout"]["against"]["sft-rl"]["speedup"]
+    return _verdict(name, status, f"speedup {_reach(speedup)} (90% interval {interval}); held-out: {_reach(held_out)}")
+
+
+def _reach(speedup) -> str:
+    return "not reached (prefixrl never gets to sft-rl's final)" if speedup is None else _fmt(speedup)
 
 
 def _higher_final(runs, numbers, calibration, method):
