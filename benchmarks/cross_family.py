@@ -41,6 +41,7 @@ from prefixrl.files import atomic_write_text, read_jsonl  # noqa: E402
 from prefixrl.methods import run_method  # noqa: E402
 from prefixrl.pipeline import prepare_data  # noqa: E402
 from prefixrl.prefixes import prefixed_problems, with_context_limit  # noqa: E402
+from prefixrl.tasks import strategy_of  # noqa: E402
 
 RANGES = {"short": (0.4, 0.6), "long": (0.6, 0.8)}
 
@@ -92,9 +93,10 @@ def main() -> None:
             console.print(f"done: {future.result()}")
 
     results = {name: summarize(out / name) for name in jobs}
+    q_share = {source: np.mean([strategy_of(own.task, t["completion"]) == "carry" for t in data.traces])
+               for source, data in (("own", own), ("other", other))}
     table = [f"Traces (problems solved of {len(own.hard)} hard; share declaring Q): own {len(own.solved)}, "
-             f"{np.mean([' Q ' in t['completion'] for t in own.traces]):.2f}; other ({args.trace_model}) "
-             f"{len(other.solved)}, {np.mean([' Q ' in t['completion'] for t in other.traces]):.2f}. "
+             f"{q_share['own']:.2f}; other ({args.trace_model}) {len(other.solved)}, {q_share['other']:.2f}. "
              f"PrefixRL, {args.steps} steps, lr {train_cfg.lr}, {train_cfg.problems_per_step} x "
              f"{train_cfg.num_generations} per step; {len(heldout)} held-out problems, {train_cfg.eval_n} samples each.",
              "", "| traces | prefixes | own training problems: pass@1 | held-out pass@1 | prefixed reward | "
