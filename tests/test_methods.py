@@ -16,10 +16,11 @@ from trl import GRPOTrainer
 import prefixrl.train as train_module
 from conftest import record_sampler_params, solve_sort
 from prefixrl.adaptive import AdaptiveConfig
+from prefixrl.files import InputError
 from prefixrl.flops import FlopsLedger
 from prefixrl.methods import METHODS, off_policy_traces, run_method, select_rows
 from prefixrl.models import char_tokenizer, load_model, n_params, sequence_logprobs, tiny_model
-from prefixrl.prefixes import HINT, PrefixConfig, prefixed_problems, render_prompt
+from prefixrl.prefixes import BASE_HINT, PrefixConfig, prefixed_problems, render_prompt
 from prefixrl.sft import SFTStageConfig
 from prefixrl.train import TrainConfig
 from test_train import SMALL, mixed_rewards, read
@@ -89,9 +90,9 @@ def test_hint_moves_each_prefix_into_the_prompt(setup):
         assert new["hint"] == row["prefix"] and row["prefix"]
         prompt = new["prompt"]
         # no chat template: the hint, then the problem, whose prompt the policy answers from
-        assert prompt.startswith(HINT) and prompt.endswith(problem.prompt)
+        assert prompt.startswith(BASE_HINT) and prompt.endswith(problem.prompt)
         at = prompt.rindex(problem.prompt)
-        assert row["prefix"] in prompt[:at] and prompt[:at].index(row["prefix"]) >= len(HINT)
+        assert row["prefix"] in prompt[:at] and prompt[:at].index(row["prefix"]) >= len(BASE_HINT)
         assert prompt != row["prompt"] and not prompt.endswith(row["prefix"])
 
 
@@ -314,7 +315,7 @@ def test_every_method_runs_end_to_end(setup, runs, adaptive_run, method):
         assert all("continuation_length_unprefixed" not in r for r in losses)
     if method == "hint":
         assert all(x["prefix"] == "" for x in seen)
-        assert all(x["prompt"].startswith(HINT) for x in seen if x["prefixed"])
+        assert all(x["prompt"].startswith(BASE_HINT) for x in seen if x["prefixed"])
 
     if method in ("rl", "rl-n64"):
         # the ledger counts every prompt and completion token of 2 problems x `generations` samples
@@ -468,3 +469,17 @@ def test_adaptive_calibration_samples_in_batches_of_eval_batch_size(setup, sort_
     model, tok = load_model(str(setup.model_dir), device="cpu")
     adaptive.rows(model, tok, 0, FlopsLedger())
     assert [(p.batch_size, p.max_new_tokens) for p in made] == [(3, 8)]
+
+
+def test_a_hint_prompt_must_leave_room_for_a_whole_solution(setup, sort_task, tmp_path):
+    """The hint prompt holds the prefix and asks for a whole solution: where the prefixed prompts
+    leave room for max_completion_length tokens, the longer hint prompts may not. Refused before
+    anything is written, so the fixed rerun starts in a clean folder."""
+    window = SMALL.max_position_embeddings
+    longest = max(len(setup.tok(r["prompt"])["input_ids"]) for r in setup.rows)
+    room = window - longest  # the prefixed rows fit exactly
+    train_module._check_context(setup.rows, str(setup.model_dir), room)
+    with pytest.raises(InputError, match=r"training row \d+ \(problem .*context window of 256.*prefixes --high"):
+        run_method("hint", sort_task, str(setup.model_dir), setup.rows, tmp_path / "out",
+                   cfg_for("hint", max_completion_length=room))
+    assert not (tmp_path / "out").exists()

@@ -164,7 +164,7 @@ def test_hint_sits_in_the_user_turn(template):
 
 def test_hint_for_a_base_model():
     prompt = render_hint(TOK, "740365 8:", " 1:470365/7 2:")
-    assert prompt == "Hint: a correct solution begins with: 1:470365/7 2:\n740365 8:"
+    assert prompt == "Hint: 1:470365/7 2:\n740365 8:"
     assert render_hint(TOK, "740365 8:", "1:470365/7 2:") == prompt
     assert TOK.unk_token_id not in TOK(prompt, add_special_tokens=False)["input_ids"]  # "\n" is in the vocabulary
 

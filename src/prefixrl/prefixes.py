@@ -152,15 +152,16 @@ def render_prompt(tokenizer, problem_prompt: str, prefix: str = "") -> str:
 
 
 HINT = "Hint: a correct solution begins with:"
+BASE_HINT = "Hint:"  # a base model reads no instructions; the short marker leaves its context to the solution
 
 
 def render_hint(tokenizer, problem_prompt: str, hint: str) -> str:
     """The `hint` baseline's prompt (BREAD-style): the prefix is shown as a hint in the user's turn,
     and the policy answers from the generation prompt, writing a whole solution of its own. Base
-    models: the hint on a line of its own before the problem."""
+    models: `BASE_HINT` and the hint on a line of their own before the problem."""
     hint = hint if hint[:1].isspace() else " " + hint  # one space after the colon, unless the trace has one
     if not getattr(tokenizer, "chat_template", None):
-        return f"{HINT}{hint}\n{problem_prompt}"
+        return f"{BASE_HINT}{hint}\n{problem_prompt}"
     messages = [{"role": "user", "content": f"{problem_prompt}\n\n{HINT}{hint}"}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

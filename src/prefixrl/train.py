@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, gather_object, get_int_from_env, parse_flag_from_env
 from datasets import Dataset
-from transformers import PrinterCallback, ProgressCallback, TrainerCallback, set_seed
+from transformers import AutoConfig, AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
@@ -535,6 +535,24 @@ def _check_same_config(out_dir: Path, cfg: TrainConfig) -> None:
                          f"folder, or delete this one to start it over")
 
 
+def _check_context(rows: list[dict], model_path: str, max_completion_length: int) -> None:
+    """Refuse rows whose prompt leaves no room for max_completion_length tokens in the policy's
+    context window: past it a RoPE model does not crash, it reads positions it never learned. (A
+    `hint` prompt holds the prefix *and* asks for a whole solution, so it can pass where the
+    prefixed prompt fits.) Before anything is written: the fixed rerun must find a clean folder."""
+    window = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    if window is None:
+        return
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    for index, row in enumerate(rows):
+        length = len(encode_prompt(tokenizer, row["prompt"]))
+        if length + max_completion_length > window:
+            raise InputError(
+                f"training row {index} (problem {row['problem_id']!r}): its prompt is {length} tokens, and with "
+                f"max_completion_length {max_completion_length} it passes the policy's context window of {window}: "
+                "cut shorter prefixes (`prefixrl prefixes --high`) or generate fewer tokens (max_completion_length)")
+
+
 def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cfg: TrainConfig | None = None,
           eval_problems: dict[str, list[Problem]] | None = None, prior_flops: FlopsLedger | None = None,
           off_policy: OffPolicyTraces | None = None, adaptive=None) -> Path:
@@ -552,6 +570,7 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         from prefixrl.generate_vllm import import_vllm
 
         import_vllm()
+    _check_context(rows, model_path, cfg.max_completion_length)
     start = time.time()
     set_seed(cfg.seed)
     args = grpo_config(cfg, out_dir)  # before the model: it starts a multi-process run's process group
