@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from prefixrl.analysis import mean_metric  # noqa: E402
 from prefixrl.experiment import ExperimentConfig, _init_worker  # noqa: E402
 from prefixrl.files import atomic_write_text, read_jsonl  # noqa: E402
 from prefixrl.methods import run_method  # noqa: E402
@@ -57,7 +58,7 @@ def summarize(run: Path) -> dict:
     return {"steps": [row["step"] for row in curve], "heldout_curve": [row["eval/heldout/pass@1"] for row in curve],
             "hard": (curve[0]["eval/hard/pass@1"], last["eval/hard/pass@1"]),
             "heldout": (curve[0]["eval/heldout/pass@1"], last["eval/heldout/pass@1"]),
-            "prefixed_reward": float(np.mean([m["reward_prefixed"] for m in metrics if "reward_prefixed" in m])),
+            "prefixed_reward": mean_metric(metrics, "reward_prefixed"),
             "q_share": (curve[0]["eval/heldout/strategy/carry"], last["eval/heldout/strategy/carry"])}
 
 

@@ -14,7 +14,7 @@ import argparse
 import time
 
 from prefixrl.experiment import run_experiment
-from prefixrl.report import ratio_text
+from prefixrl.analysis import ratio_text
 
 
 def _x(value, interval, none: str = "not reached") -> str:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 
+from prefixrl.analysis import mean_metric
 from prefixrl.files import read_jsonl
 from prefixrl.models import load_model, resolve_model
 from prefixrl.prefixes import PrefixConfig, prefixed_problems
@@ -24,11 +24,6 @@ from prefixrl.tasks import load_problems, load_task
 from prefixrl.traces import load_traces
 from prefixrl.methods import run_method
 from prefixrl.train import TrainConfig
-
-
-def mean_metric(rows: list[dict], key: str) -> float:
-    values = [row[key] for row in rows if key in row]
-    return float(np.mean(values)) if values else float("nan")
 
 
 def main():

@@ -77,3 +77,17 @@ def bootstrap(statistic, method: list[Curve], baseline: list[Curve], n: int = 10
         return None
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def ratio_text(value: float | None, none: str = "not reached") -> str:
+    """A speedup or final-reward ratio as the report and the benchmark print it; `none`: what an
+    undefined one means (a speedup: the method never reaches the baseline; a ratio: both at 0)."""
+    if value is None:
+        return none
+    return "inf (baseline at 0)" if value == float("inf") else f"{value:.2f}x"
+
+
+def mean_metric(rows: list[dict], key: str) -> float:
+    """Mean of `key` over the logged rows that have it (NaN if none do)."""
+    values = [row[key] for row in rows if key in row]
+    return float(np.mean(values)) if values else float("nan")

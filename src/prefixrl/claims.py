@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from prefixrl.analysis import mean_metric, ratio_text
+
+NEVER = "not reached (prefixrl never gets to sft-rl's final)"
 REPRODUCED, PARTLY, NOT, NOT_RUN = "reproduced", "partly reproduced", "not reproduced", "not run"
 
 
@@ -33,11 +36,8 @@ def _faster(runs, numbers, calibration, method):
     ci = row["speedup_ci"]
     interval = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
     held_out = numbers["heldout"]["against"]["sft-rl"]["speedup"]
-    return _verdict(name, status, f"speedup {_reach(speedup)} (90% interval {interval}); held-out: {_reach(held_out)}")
-
-
-def _reach(speedup) -> str:
-    return "not reached (prefixrl never gets to sft-rl's final)" if speedup is None else _fmt(speedup)
+    return _verdict(name, status, f"speedup {ratio_text(speedup, NEVER)} (90% interval {interval}); "
+                                  f"held-out: {ratio_text(held_out, NEVER)}")
 
 
 def _higher_final(runs, numbers, calibration, method):
@@ -75,16 +75,12 @@ def _prefix_jump(runs, numbers, calibration, method):
     return _verdict(name, status, f"base policy: {curve}; largest single rise {rise:.2f}")
 
 
-def _mean_metric(runs: list[dict], key: str, first: int | None = None) -> float | None:
-    values = [r[key] for run in runs for r in run["metrics"][:first] if key in r]
-    return float(np.mean(values)) if values else None
-
-
 def _entropy(runs, numbers, calibration, method):
     name = "SFT collapses token entropy; PrefixRL keeps it near plain RL's (within 30%)"
     if not method or "sft-rl" not in runs or "rl" not in runs:
         return _verdict(name, NOT_RUN, "needs prefixrl, sft-rl and rl")
-    sft, ours, rl = (_mean_metric(runs[m], "entropy", first=10) for m in ("sft-rl", method, "rl"))
+    sft, ours, rl = (mean_metric([r for run in runs[m] for r in run["metrics"][:10]], "entropy")
+                     for m in ("sft-rl", method, "rl"))
     collapsed, near = sft < 0.7 * rl, abs(ours - rl) <= 0.3 * rl
     status = REPRODUCED if collapsed and near else PARTLY if collapsed or near else NOT
     return _verdict(name, status, f"mean entropy over the first 10 RL steps: sft-rl {sft:.3f}, {method} {ours:.3f}, "

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from prefixrl.analysis import ratio_text  # noqa: E402
 from prefixrl.files import atomic_write_text  # noqa: E402
 
 
@@ -226,14 +227,6 @@ def _total_flops(out: Path, runs: dict[str, list[dict]], collect_flops: float) -
 
 def _interval(ci) -> str:
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
-
-
-def ratio_text(value: float | None, none: str = "not reached") -> str:
-    """A speedup or final-reward ratio as the report and the benchmark print it; `none`: what an
-    undefined one means (a speedup: the method never reaches the baseline; a ratio: both at 0)."""
-    if value is None:
-        return none
-    return "inf (baseline at 0)" if value == float("inf") else f"{value:.2f}x"
 
 
 def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
