@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from prefixrl.experiment import run_experiment
 from prefixrl.analysis import ratio_text
+from prefixrl.experiment import run_experiment
 
 
 def _x(value, interval, none: str = "not reached") -> str:
