@@ -225,8 +225,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           task: str = TASK, task_arg: list[str] = TASK_ARGS,
           data: Path = typer.Option(..., help="Training rows from `prefixrl prefixes` (train.jsonl)."),
           out: Path = typer.Option(Path("runs/train"), help="Run folder (resumes from its last checkpoint)."),
-          method: str = typer.Option("prefixrl", help="prefixrl | prefixrl-only | rl | rl-n64 | sft-rl | "
-                                     "offpolicy-is | luffy | hint (see `prefixrl.methods`)."),
+          method: str = typer.Option("prefixrl", help="prefixrl | prefixrl-only | prefixrl-adaptive | rl | rl-n64 | "
+                                     "sft-rl | offpolicy-is | luffy | hint (see `prefixrl.methods`)."),
           traces: Optional[Path] = typer.Option(None, help="traces.jsonl: needed by sft-rl, offpolicy-is, luffy."),
           steps: int = typer.Option(100, help="Optimizer steps."),
           problems_per_step: int = typer.Option(16, help="Problems per batch."),

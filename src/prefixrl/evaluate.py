@@ -1,6 +1,6 @@
 """Unbiased pass@k on unprefixed problems, for any saved model.
 
-    prefixrl evaluate MODEL --task sort --split heldout --n 256
+    prefixrl evaluate MODEL --task sort --problems heldout --n 256
 
 pass@k is the Chen et al. (2021) estimator, 1 - C(n-c, k) / C(n, k), from n samples of which c
 are correct. Scoring is resumable: each finished problem is one line of `scores.jsonl`.
