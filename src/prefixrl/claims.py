@@ -57,10 +57,17 @@ def _back_generalization(runs, numbers, calibration, method):
     name = "Training on prefixed problems only raises unprefixed accuracy (back-generalization)"
     if "prefixrl-only" not in runs:
         return _verdict(name, NOT_RUN, "needs prefixrl-only")
-    start = np.mean([run["eval"][0]["eval/hard/pass@1"] for run in runs["prefixrl-only"]])
-    end = np.mean([run["eval"][-1]["eval/hard/pass@1"] for run in runs["prefixrl-only"]])
-    status = REPRODUCED if end >= max(2 * start, start + 0.02) else PARTLY if end > start else NOT
-    return _verdict(name, status, f"prefixrl-only unprefixed pass@1 on the hard problems {start:.3f} -> {end:.3f}")
+    changes = {}  # split -> (start, end): the hard training problems and held-out ones, both unprefixed
+    for split in ("hard", "heldout"):
+        key = f"eval/{split}/pass@1"
+        if all(key in run["eval"][0] for run in runs["prefixrl-only"]):
+            changes[split] = tuple(float(np.mean([run["eval"][i][key] for run in runs["prefixrl-only"]]))
+                                   for i in (0, -1))
+    doubled = [end >= max(2 * start, start + 0.02) for start, end in changes.values()]
+    rose = [end > start for start, end in changes.values()]
+    status = REPRODUCED if all(doubled) else PARTLY if any(doubled) or any(rose) else NOT
+    return _verdict(name, status, "prefixrl-only unprefixed pass@1: " + "; ".join(
+        f"{split} {start:.3f} -> {end:.3f}" for split, (start, end) in changes.items()))
 
 
 def _prefix_jump(runs, numbers, calibration, method):
