@@ -15,8 +15,8 @@ from trl import GRPOTrainer
 
 import prefixrl.train as train_module
 from conftest import record_sampler_params, solve_sort
-from prefixrl.adaptive import AdaptiveConfig
-from prefixrl.files import InputError
+from prefixrl.adaptive import AdaptiveConfig, AdaptivePrefixes
+from prefixrl.files import InputError, read_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.methods import METHODS, off_policy_traces, run_method, select_rows
 from prefixrl.models import char_tokenizer, load_model, n_params, sequence_logprobs, tiny_model
@@ -483,3 +483,20 @@ def test_a_hint_prompt_must_leave_room_for_a_whole_solution(setup, sort_task, tm
         run_method("hint", sort_task, str(setup.model_dir), setup.rows, tmp_path / "out",
                    cfg_for("hint", max_completion_length=room))
     assert not (tmp_path / "out").exists()
+
+
+def test_adaptive_cuts_a_prefix_past_the_context_window_instead_of_failing(setup, sort_task, tmp_path):
+    """The calibration grid ends at the whole trace; where a whole trace leaves no room for the
+    completion (a chain trace of 18 moves in the benchmark did), that point and any row cut there
+    are held to the longest prefix that fits."""
+    model, tok = load_model(str(setup.model_dir), device="cpu")
+    limit = 48
+    window = SMALL.max_position_embeddings
+    adaptive = AdaptivePrefixes(sort_task, setup.problems, setup.traces, ADAPTIVE_PREFIXES,
+                                AdaptiveConfig(every=1, n=1), tmp_path, max_new_tokens=window - limit)
+    adaptive.start(0)
+    rows = adaptive.rows(model, tok, 0, FlopsLedger())
+    assert all(len(tok(r["prompt"])["input_ids"]) <= limit for r in rows)
+    points = [p for row in read_jsonl(tmp_path / "adaptive" / "step-0" / "calibration.jsonl") for p in row["points"]]
+    longest = max(len(policy_ids(tok, t["completion"])) for t in setup.traces)
+    assert max(p["prefix_tokens"] for p in points) < min(limit, longest)  # the 1.0 point was cut

@@ -64,7 +64,9 @@ class AdaptivePrefixes(TrainerCallback):
                  cfg: AdaptiveConfig, out_dir: Path, max_new_tokens: int, batch_size: int = 512):
         self.task, self.problems, self.cfg, self.max_new_tokens = task, problems, cfg, max_new_tokens
         self.batch_size = batch_size  # sequences per generation batch (TrainConfig.eval_batch_size)
-        self.prefix_cfg = replace(prefix_cfg, policy="adaptive", band=tuple(cfg.band))
+        # the calibration's grid reaches the whole trace, and the policy picks the cut, so a prefix past
+        # the context window is cut (and measured) at the longest that fits instead of refused
+        self.prefix_cfg = replace(prefix_cfg, policy="adaptive", band=tuple(cfg.band), on_too_long="truncate")
         self.folder, self.traces = Path(out_dir) / "adaptive", traces
         self.trainer_ref = None
 
