@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from prefixrl.analysis import mean_metric
 from prefixrl.files import read_jsonl
 from prefixrl.models import load_model, resolve_model
