@@ -253,3 +253,17 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.parametrize("name", ["benchmark", "diagnostics", "adaptive"])
+def test_the_shipped_experiment_configs_build(name):
+    """Every shipped experiment config is read as written (a key the builder does not know, or a
+    method it does not have, is an error), and they share the headline's data and settings."""
+    from prefixrl.experiment import ExperimentConfig
+    from prefixrl.methods import METHODS
+
+    cfg, headline = ExperimentConfig.from_yaml(f"configs/{name}.yaml"), ExperimentConfig.from_yaml(
+        "configs/benchmark.yaml")
+    assert set(cfg.methods) <= set(METHODS) and "prefixrl" in cfg.methods
+    assert (cfg.screen, cfg.collect, cfg.prefixes, cfg.train, cfg.sft, cfg.budget_flops) == \
+        (headline.screen, headline.collect, headline.prefixes, headline.train, headline.sft, headline.budget_flops)
