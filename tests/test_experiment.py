@@ -267,3 +267,24 @@ def test_the_shipped_experiment_configs_build(name):
     assert set(cfg.methods) <= set(METHODS) and "prefixrl" in cfg.methods
     assert (cfg.screen, cfg.collect, cfg.prefixes, cfg.train, cfg.sft, cfg.budget_flops) == \
         (headline.screen, headline.collect, headline.prefixes, headline.train, headline.sft, headline.budget_flops)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failed_run_is_named_at_once_and_the_others_go_on(tmp_path, workers):
+    """A run that fails (here: hint prompts that leave no room for a whole solution) is reported by
+    name as it fails; the other runs still train, and the experiment then raises its error."""
+    import io
+
+    from rich.console import Console
+
+    config = CONFIG.replace("methods: [prefixrl, rl, sft-rl]", "methods: [hint, prefixrl-only]")
+    config = config.replace("seeds: [0, 1]", "seeds: [0]").replace("max_completion_length: 96", "max_completion_length: 248")
+    config += f"prefixes: {{on_too_long: truncate}}\nworkers: {workers}\n"  # prefixed prompts cut to fit; hint's can't be
+    (tmp_path / "config.yaml").write_text(config)
+    printed = io.StringIO()
+    with pytest.raises(InputError, match=r"training row \d+ .*context window"):
+        run_experiment(tmp_path / "config.yaml", tmp_path / "out", quiet=True,
+                       console=Console(file=printed, width=200))
+    assert "run hint, seed 0 failed" in printed.getvalue()
+    assert (tmp_path / "out" / "runs" / "prefixrl-only" / "seed-0" / "model").is_dir()  # ran after the failure
+    assert not (tmp_path / "out" / "report").exists()

@@ -82,10 +82,19 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
     # longest first, so the last runs finish together: a trace-free method is charged no collection,
     # so the same budget buys it more steps
     jobs.sort(key=lambda job: job["method"] not in TRACE_FREE)
+    failures = []
+
+    def failed(job: dict, error: Exception) -> None:  # said at once; the other runs go on, a rerun resumes
+        failures.append(error)
+        console.print(f"[red]run {job['method']}, seed {job['seed']} failed[/red]: {error}")
+
     if cfg.workers == 1:
         for index, job in enumerate(jobs, 1):
             console.rule(f"run {index}/{len(jobs)}: {job['method']}, seed {job['seed']}")
-            _run(**job)
+            try:
+                _run(**job)
+            except Exception as error:
+                failed(job, error)
     else:  # one process per run, each on its share of the cores; a bar over runs instead of steps
         console.rule(f"train: {len(jobs)} runs, {cfg.workers} at a time")
         threads = max(1, (os.cpu_count() or 1) // cfg.workers)
@@ -93,9 +102,15 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
                 cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker,
                 initargs=(threads, os.getpid())) as pool:
             bar_id = bar.add_task("runs", total=len(jobs), rate="")
-            for future in as_completed([pool.submit(_run, **job) for job in jobs]):
-                future.result()  # a failed run fails the experiment, with its traceback
+            futures = {pool.submit(_run, **job): job for job in jobs}
+            for future in as_completed(futures):
+                try:
+                    future.result()
+                except Exception as error:
+                    failed(futures[future], error)
                 bar.advance(bar_id)
+    if failures:  # no report from a partial experiment: the first failure, with its traceback
+        raise failures[0]
 
     console.rule("success vs prefix fraction: base vs trained")
     curves = {}
