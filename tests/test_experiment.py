@@ -278,8 +278,9 @@ def test_a_failed_run_is_named_at_once_and_the_others_go_on(tmp_path, workers):
     from rich.console import Console
 
     config = CONFIG.replace("methods: [prefixrl, rl, sft-rl]", "methods: [hint, prefixrl-only]")
-    config = config.replace("seeds: [0, 1]", "seeds: [0]").replace("max_completion_length: 96", "max_completion_length: 248")
-    config += f"prefixes: {{on_too_long: truncate}}\nworkers: {workers}\n"  # prefixed prompts cut to fit; hint's can't be
+    config = config.replace("seeds: [0, 1]", "seeds: [0]")
+    config = config.replace("max_completion_length: 96", "max_completion_length: 248")  # 8 tokens of prompt
+    config += f"prefixes: {{on_too_long: truncate}}\nworkers: {workers}\n"  # prefixes cut to fit; hints can't be
     (tmp_path / "config.yaml").write_text(config)
     printed = io.StringIO()
     with pytest.raises(InputError, match=r"training row \d+ .*context window"):
