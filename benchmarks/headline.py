@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from prefixrl.analysis import ratio_text
+from prefixrl.analysis import BOTH_AT_ZERO, ratio_text
 from prefixrl.experiment import run_experiment
 
 
@@ -37,7 +37,7 @@ def main() -> None:
         for baseline, row in numbers["against"].items():
             final = numbers["final"][baseline]
             print(f"| {baseline} | {final['mean']:.3f} ± {final['std']:.3f} | {_x(row['speedup'], row['speedup_ci'])} "
-                  f"| {_x(row['final_ratio'], row['final_ratio_ci'], 'n/a (both at 0)')} |")
+                  f"| {_x(row['final_ratio'], row['final_ratio_ci'], BOTH_AT_ZERO)} |")
     print("\nclaims:")
     for claim in summary["claims"]:
         print(f"- {claim['status']}: {claim['claim']} ({claim['evidence']})")

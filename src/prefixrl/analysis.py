@@ -79,6 +79,9 @@ def bootstrap(statistic, method: list[Curve], baseline: list[Curve], n: int = 10
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
 
+BOTH_AT_ZERO = "n/a (both at 0)"  # how a final ratio of 0 / 0 is printed
+
+
 def ratio_text(value: float | None, none: str = "not reached") -> str:
     """A speedup or final-reward ratio as the report and the benchmark print it; `none`: what an
     undefined one means (a speedup: the method never reaches the baseline; a ratio: both at 0)."""

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prefixrl.analysis import ratio_text  # noqa: E402
+from prefixrl.analysis import BOTH_AT_ZERO, ratio_text  # noqa: E402
 from prefixrl.files import atomic_write_text  # noqa: E402
 
 
@@ -250,7 +250,7 @@ def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
         for split, title in SPLITS.items():
             rows = [[b, f"{numbers[split]['final'][b]['mean']:.3f} ± {numbers[split]['final'][b]['std']:.3f}",
                      ratio_text(r["speedup"]), _interval(r["speedup_ci"]),
-                     ratio_text(r["final_ratio"], none="n/a (both at 0)"), _interval(r["final_ratio_ci"])]
+                     ratio_text(r["final_ratio"], none=BOTH_AT_ZERO), _interval(r["final_ratio_ci"])]
                     for b, r in numbers[split]["against"].items()]
             ours = numbers[split]["final"][method]
             parts += [f"**{title}** ({method} final pass@1 {ours['mean']:.3f} ± {ours['std']:.3f}):",
