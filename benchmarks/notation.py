@@ -25,7 +25,7 @@ from prefixrl.tasks.chain import move
 from prefixrl.traces import load_traces
 
 FRACTIONS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-STEP = re.compile(r" ([LR])(\d\d)/(\d+)")
+STEP = re.compile(r" ([LR]{1,2})(\d\d)/(\d+)")  # one move, or two ("LR45/14")
 
 
 def two_moves_per_step(completion: str) -> str:
@@ -47,13 +47,13 @@ class ExpandingVerifier:
 
     def verify(self, problem, solution: str):
         (a, b), steps = divmod(int(problem.prompt.split()[0]), 10), []
-        for ops, pair, left in re.findall(r" ([LR]{1,2})(\d\d)/(\d+)", solution):
+        for ops, pair, left in STEP.findall(solution):
             if len(ops) == 2:  # the state between the two moves, as a one-move step would write it
                 a, b = move(a, b, ops[0])
                 steps.append(f" {ops[0]}{a}{b}/{int(left) + 1}")
             steps.append(f" {ops[-1]}{pair}/{left}")
             a, b = int(pair[0]), int(pair[1])
-        expanded = re.sub(r"(?: [LR]{1,2}\d\d/\d+)+", "".join(steps), solution, count=1)
+        expanded = re.sub(f"(?:{STEP.pattern})+", "".join(steps), solution, count=1)
         return self.task.verify(problem, expanded)
 
 
