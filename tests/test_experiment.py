@@ -24,7 +24,7 @@ seeds: [0, 1]
 budget_flops: {BUDGET}
 train: {{steps: {STEPS}, problems_per_step: 4, num_generations: 4, max_completion_length: 96, eval_every: 2,
          eval_n: 4, save_every: 100}}
-sft: {{epochs: 1}}
+sft: {{sweep_lr: [1.0e-3, 3.0e-3], sweep_epochs: [1, 2], validation_problems: 2, validation_n: 2}}
 calibration_traces: 2
 calibration_n: 4
 """
@@ -102,6 +102,12 @@ def test_report_numbers_match_the_logs(experiment):
         assert (out / "report" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["flops"] == summary["total_flops"] > BUDGET and manifest["versions"]["torch"]
+    # sft-rl's SFT was tuned on validation problems: 2 lrs x 2 lengths per seed, its choice the best
+    assert [t["seed"] for t in summary["sft_tuning"]] == [0, 1] and "The SFT baseline, tuned" in text
+    for tuned in summary["sft_tuning"]:
+        assert len(tuned["sweep"]) == 4
+        best = max(tuned["sweep"], key=lambda r: (r["validation_pass@1"], -r["train_loss"]))
+        assert (tuned["chosen"]["lr"], tuned["chosen"]["epochs"]) == (best["lr"], best["epochs"])
 
 
 def test_a_killed_experiment_resumes_with_the_same_numbers(experiment, tmp_path):

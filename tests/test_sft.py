@@ -128,3 +128,43 @@ def test_unknown_problem_empty_traces_and_bad_config(chain_task, tmp_path):
     for bad in (dict(epochs=0), dict(batch_size=0), dict(lr=0.0)):
         with pytest.raises(ValueError, match="SFTStageConfig"):
             SFTStageConfig(**bad)
+
+
+def test_sweep_keeps_the_candidate_best_on_validation(chain_task, tmp_path, monkeypatch):
+    """The fair baseline: one run per lr scored after each of sweep_epochs passes on validation problems;
+    the best (pass@1, then training loss) is the saved model, identical to a plain run of that lr and
+    length; every candidate's training and validation sampling is charged; a rerun resumes from disk."""
+    problems, traces = chain_traces(chain_task, 4)
+    validation = chain_task.problems("easy")[:4]  # the base model solves some: candidates differ
+    base = resolve_model("builtin:chain")
+    prior = FlopsLedger()
+    prior.add("collect", n_params=1000, inference_tokens=5000)
+    cfg = SFTStageConfig(sweep_lr=[3e-4, "3e-3"], sweep_epochs=[2, 4], validation_n=8, validation_problems=4)
+    params = SamplingParams(temperature=0.7, max_new_tokens=128)
+    model_dir = sft(chain_task, base, traces, problems, tmp_path / "sweep", cfg, prior, validation, params)
+
+    rows = [json.loads(line) for line in (tmp_path / "sweep" / "sweep.jsonl").read_text().splitlines()]
+    assert sorted((r["lr"], r["epochs"]) for r in rows) == [(3e-4, 2), (3e-4, 4), (3e-3, 2), (3e-3, 4)]
+    best = max(rows, key=lambda r: (r["validation_pass@1"], -r["train_loss"]))
+    manifest = json.loads((tmp_path / "sweep" / "manifest.json").read_text())
+    assert manifest["chosen"] == {k: best[k] for k in ("lr", "epochs", "validation_pass@1")}
+
+    plain = sft(chain_task, base, traces, problems, tmp_path / "plain",
+                SFTStageConfig(lr=best["lr"], epochs=best["epochs"]))
+    chosen, rerun = (load_model(str(p), device="cpu")[0].state_dict() for p in (model_dir, plain))
+    assert all(torch.equal(chosen[k], rerun[k]) for k in chosen)
+
+    tokens = sum(len(problems[t["problem_id"]].prompt) + len(t["completion"]) + 1 for t in traces)
+    stages = json.loads((tmp_path / "sweep" / "flops.json").read_text())["stages"]
+    assert stages["collect"] == prior.stages["collect"]
+    assert stages["sft"]["train_tokens"] == tokens * 4 * 2  # both lrs ran 4 passes
+    assert stages["sft_validation"]["inference_tokens"] == sum(r["validation_tokens"] for r in rows) > 0
+
+    # killed after the last candidate was logged, before the choice was moved into place: no retraining
+    (tmp_path / "sweep" / "model").rename(tmp_path / "sweep" / "best")
+    (tmp_path / "sweep" / "manifest.json").unlink()
+    monkeypatch.setattr(sft_module, "SFTTrainer", lambda *a, **k: pytest.fail("a finished sweep trained again"))
+    assert sft(chain_task, base, traces, problems, tmp_path / "sweep", cfg, prior, validation, params) == model_dir
+    assert json.loads((tmp_path / "sweep" / "manifest.json").read_text())["chosen"] == manifest["chosen"]
+    with pytest.raises(ValueError, match="validation"):
+        sft(chain_task, base, traces, problems, tmp_path / "none", cfg, prior, None, params)

@@ -10,7 +10,7 @@ from prefixrl.tasks import Problem, Task, Verdict, load_problems, load_task, str
 from prefixrl.tasks.chain import RULES, move
 from prefixrl.tasks.sort import swap
 
-SPLITS = ("train", "heldout", "easy")
+SPLITS = ("train", "heldout", "easy", "validation")
 FORMAT = {"sort": re.compile(r"\d{6} \d+:"), "chain": re.compile(r"\d\d \d+:")}
 COMPLETION = {"sort": re.compile(r"( [1-5]:\d{6}/\d+)+ =\d{6}\."),
               "chain": re.compile(r" [PQ]( [LR]\d\d/\d+)+ =\d\d\.")}
@@ -34,7 +34,10 @@ def test_splits_disjoint_deterministic_unique(task):
     prompts = [p.prompt for s in SPLITS for p in by_split[s]]
     assert len(prompts) == len(set(prompts)), "splits must not share a problem"
     assert all(p.split == s for s in SPLITS for p in by_split[s])
-    assert {s: len(v) for s, v in by_split.items()} == {"train": 128, "heldout": 64, "easy": 64}
+    assert {s: len(v) for s, v in by_split.items()} == {"train": 128, "heldout": 64, "easy": 64, "validation": 32}
+    assert {p.difficulty for p in by_split["validation"]} <= set(task.hard)  # hard problems, neither trained on nor held out
+    without = load_task(task.name, n_validation=0)  # the validation split came last: the others are as they were
+    assert all(without.problems(s) == by_split[s] for s in SPLITS[:3]) and not without.problems("validation")
     again = load_task(task.name)
     assert all(again.problems(s) == by_split[s] for s in SPLITS), "same seed -> same problems"
     other = load_task(task.name, seed=1)

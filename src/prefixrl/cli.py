@@ -237,6 +237,9 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           beta: float = typer.Option(0.0, help="KL coefficient against the base policy (paper: 0)."),
           is_truncation: Optional[float] = typer.Option(None, help="offpolicy-is: cap on pi/mu (default: none)."),
           sft_epochs: Optional[int] = typer.Option(None, help="sft-rl: passes of SFT over the traces (default 100: tiny models)."),
+          sft_sweep_lr: Optional[list[float]] = typer.Option(None, help="sft-rl: tune SFT on the task's validation "
+                                                             "split over these learning rates (repeat the option) x "
+                                                             "25/50/100/200 passes; the best by validation pass@1."),
           eval_every: int = typer.Option(20, help="Steps between unprefixed evaluations (0: none, not even "
                                          "at the start and end; evaluate the model afterwards with vLLM)."),
           eval_n: int = typer.Option(16, help="Samples per problem at each evaluation."),
@@ -289,7 +292,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         path = run_method(method, the_task, resolve_model(model), rows, out, cfg,
                           traces=load_traces(traces) if traces else None, eval_problems=evals,
                           prior_flops=FlopsLedger(prior_flops) if prior_flops else None,
-                          sft_cfg=SFTStageConfig(seed=seed, **({"epochs": sft_epochs} if sft_epochs else {})))
+                          sft_cfg=SFTStageConfig(seed=seed, sweep_lr=sft_sweep_lr or [],
+                                                 **({"epochs": sft_epochs} if sft_epochs else {})))
     except (ValueError, InputError, ImportError) as err:
         _fail(err)
     if os.environ.get("RANK", "0") == "0":  # the main process of an `accelerate launch`

@@ -97,9 +97,15 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
     if method == "rl-n64":
         cfg = replace(cfg, num_generations=64)
     if method == "sft-rl":
-        from prefixrl.sft import sft
+        from prefixrl.generate import SamplingParams
+        from prefixrl.sft import SFTStageConfig, sft
 
-        model_path = str(sft(task, model_path, traces, problems, out_dir / "sft", sft_cfg, prior_flops))
+        sft_cfg = sft_cfg or SFTStageConfig()
+        validation = validation_problems(task, sft_cfg.validation_problems) if sft_cfg.sweep_lr else None
+        eval_params = SamplingParams(temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
+                                     batch_size=cfg.eval_batch_size)  # scored as the RL stage evaluates
+        model_path = str(sft(task, model_path, traces, problems, out_dir / "sft", sft_cfg, prior_flops,
+                             validation, eval_params))
         prior_flops = FlopsLedger(out_dir / "sft" / "flops.json")
     off_policy = None
     if method in ("offpolicy-is", "luffy"):
@@ -116,6 +122,16 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
                                     cfg.max_completion_length, cfg.eval_batch_size)
     return train(task, model_path, selected, out_dir, cfg, eval_problems=eval_problems, prior_flops=prior_flops,
                  off_policy=off_policy, adaptive=adaptive)
+
+
+def validation_problems(task: Task, n: int) -> list[Problem]:
+    """The first n problems of the task's "validation" split: hard problems neither trained on nor
+    held out, on which the sft-rl baseline's SFT is tuned."""
+    try:
+        return task.problems("validation")[:n]
+    except ValueError as err:
+        raise ValueError(f"task {task.name!r} has no validation split ({err}), which sft-rl's SFT sweep tunes on: "
+                         "set sft.sweep_lr to [] to train a fixed lr and epochs instead") from err
 
 
 def off_policy_traces(model_path: str, traces: list[dict], problems: dict[str, Problem], weight: str,

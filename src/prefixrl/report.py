@@ -203,6 +203,7 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
         plot_back_generalization(runs, markers, trace_shares, folder / "back_generalization.png")
     claims = judge_claims(runs, numbers, calibration, method)
     summary = {"method": method, "headline": numbers, "claims": claims, "calibration": calibration,
+               "sft_tuning": sft_tuning(run_dirs.get("sft-rl", [])),
                "trace_strategy_shares": trace_shares, "collect_flops": collect_flops,
                "total_flops": _total_flops(out, runs, collect_flops),
                "runs": {m: [{"final_flops": run["eval"][-1]["flops"], "steps": run["eval"][-1]["step"]} for run in r]
@@ -210,6 +211,17 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(folder / "README.md", _experiment_markdown(cfg, data, summary, bool(markers)))
     return summary
+
+
+def sft_tuning(run_dirs: list[Path]) -> list[dict]:
+    """Per sft-rl seed that tuned its SFT on validation problems: the candidates and the choice."""
+    tuned = []
+    for run in run_dirs:
+        manifest = Path(run) / "sft" / "manifest.json"
+        sft = json.loads(manifest.read_text()) if manifest.exists() else {}
+        if "chosen" in sft:
+            tuned.append({"seed": sft["seed"], "chosen": sft["chosen"], "sweep": sft["sweep"], "flops": sft["flops"]})
+    return tuned
 
 
 def _total_flops(out: Path, runs: dict[str, list[dict]], collect_flops: float) -> float:
@@ -259,6 +271,8 @@ def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
         parts.append("Speedup: FLOPs the baseline needs to reach its final pass@1 / FLOPs the method needs to reach "
                      "it (seed means). Final ratio: the method's final pass@1 / the baseline's. Intervals resample "
                      "seeds. Held-out problems were never prefixed, so memorising traces cannot help there.")
+    if summary["sft_tuning"]:
+        parts += ["## The SFT baseline, tuned", _sft_tuning_markdown(summary["sft_tuning"])]
     parts += ["## Claims of the paper", markdown_table(["claim", "status", "evidence"],
                                                          [[c["claim"], c["status"], c["evidence"]]
                                                           for c in summary["claims"]])]
@@ -268,3 +282,17 @@ def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
     if has_markers:
         parts.append("![back-generalization](back_generalization.png)")
     return "\n\n".join(parts) + "\n"
+
+
+def _sft_tuning_markdown(tuned: list[dict]) -> str:
+    lrs = sorted({row["lr"] for t in tuned for row in t["sweep"]})
+    epochs = sorted({row["epochs"] for t in tuned for row in t["sweep"]})
+    grid = [[f"{lr:g}"] + [" / ".join(f"{row['validation_pass@1']:.3f}" for t in tuned for row in t["sweep"]
+                                      if row["lr"] == lr and row["epochs"] == e) for e in epochs] for lr in lrs]
+    chosen = ", ".join(f"seed {t['seed']}: lr {t['chosen']['lr']:g}, {t['chosen']['epochs']} epochs "
+                       f"({t['chosen']['validation_pass@1']:.3f})" for t in tuned)
+    return "\n\n".join([
+        "sft-rl's SFT learning rate and epochs were chosen by unprefixed pass@1 on validation problems (hard "
+        "problems neither trained on nor held out); every candidate's training and validation sampling is charged "
+        f"to sft-rl. Validation pass@1 by lr (rows) and epochs (columns), one value per seed. Chosen: {chosen}.",
+        markdown_table(["lr"] + [f"{e} epochs" for e in epochs], grid)])

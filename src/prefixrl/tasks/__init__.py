@@ -44,7 +44,8 @@ class Task(Protocol):
     strategy_markers: dict[str, str]
 
     def problems(self, split: str) -> list[Problem]:
-        """The task's problems of one split ("train", "heldout" or "easy")."""
+        """The task's problems of one split ("train", "heldout" or "easy"; optionally "validation": hard
+        problems neither trained on nor held out, on which the sft-rl baseline is tuned)."""
 
     def verify(self, problem: Problem, solution: str) -> Verdict:
         """Score a solution (the text after the prompt). Must never raise on arbitrary text."""

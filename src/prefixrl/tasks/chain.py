@@ -65,25 +65,26 @@ class ChainTask:
 
     def __init__(self, hard: tuple[int, ...] = (16, 17, 18), easy: tuple[int, ...] = (2, 3, 4, 5),
                  max_moves: int = 18, share_q: float = 0.1, rule_bias: float = 0.2,
-                 n_train: int = 128, n_heldout: int = 64, n_easy: int = 64, seed: int = 0):
+                 n_train: int = 128, n_heldout: int = 64, n_easy: int = 64, n_validation: int = 32, seed: int = 0):
         self.hard, self.easy, self.max_moves, self.share_q = tuple(hard), tuple(easy), max_moves, share_q
         self.rule_bias = rule_bias
-        self.sizes = {"train": n_train, "heldout": n_heldout, "easy": n_easy}
+        self.sizes = {"train": n_train, "heldout": n_heldout, "easy": n_easy, "validation": n_validation}
         self.seed = seed
-        if n_train + n_heldout > 100 * len(self.hard):
-            raise ValueError(f"chain has only {100 * len(self.hard)} hard problems: lower n_train/n_heldout")
+        if n_train + n_heldout + n_validation > 100 * len(self.hard):
+            raise ValueError(f"chain has only {100 * len(self.hard)} hard problems: lower n_train/n_heldout/n_validation")
 
     def problems(self, split: str) -> list[Problem]:
         if split not in self.sizes:
-            raise ValueError(f"unknown split {split!r}: use 'train', 'heldout' or 'easy'")
+            raise ValueError(f"unknown split {split!r}: use 'train', 'heldout', 'easy' or 'validation'")
         rng = random.Random(self.seed)
         hard = [(s, n) for s in range(100) for n in self.hard]
         easy = [(s, n) for s in range(100) for n in self.easy]
         rng.shuffle(hard)
         rng.shuffle(easy)
-        n_train = self.sizes["train"]
-        chosen = {"train": hard[:n_train], "heldout": hard[n_train:n_train + self.sizes["heldout"]],
-                  "easy": easy[:self.sizes["easy"]]}[split]
+        # hard problems in a fixed order: training, held-out, then validation (tunes the SFT baseline)
+        n_train, n_seen = self.sizes["train"], self.sizes["train"] + self.sizes["heldout"]
+        chosen = {"train": hard[:n_train], "heldout": hard[n_train:n_seen],
+                  "validation": hard[n_seen:n_seen + self.sizes["validation"]], "easy": easy[:self.sizes["easy"]]}[split]
         return [self._problem(start, n, split) for start, n in chosen]
 
     def _problem(self, start: int, n_moves: int, split: str) -> Problem:

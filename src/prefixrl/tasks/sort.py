@@ -49,9 +49,9 @@ class SortTask:
     strategy_markers: dict[str, str] = {}
 
     def __init__(self, n_digits: int = 6, hard: tuple[int, ...] = (7, 8), easy: tuple[int, ...] = (1, 2, 3, 4),
-                 n_train: int = 128, n_heldout: int = 64, n_easy: int = 64, seed: int = 0):
+                 n_train: int = 128, n_heldout: int = 64, n_easy: int = 64, n_validation: int = 32, seed: int = 0):
         self.n_digits, self.hard, self.easy = n_digits, tuple(hard), tuple(easy)
-        self.sizes = {"train": n_train, "heldout": n_heldout, "easy": n_easy}
+        self.sizes = {"train": n_train, "heldout": n_heldout, "easy": n_easy, "validation": n_validation}
         self.seed = seed
         self._by_inversions: dict[int, list[tuple[int, ...]]] = {}
         for ranks in itertools.permutations(range(n_digits)):
@@ -65,11 +65,11 @@ class SortTask:
 
     def problems(self, split: str) -> list[Problem]:
         if split not in self.sizes:
-            raise ValueError(f"unknown split {split!r}: use 'train', 'heldout' or 'easy'")
+            raise ValueError(f"unknown split {split!r}: use 'train', 'heldout', 'easy' or 'validation'")
         rng = random.Random(self.seed)
         seen: set[str] = set()
         out: dict[str, list[Problem]] = {s: [] for s in self.sizes}
-        for s in ("train", "heldout", "easy"):  # fixed order: splits never share a problem
+        for s in ("train", "heldout", "easy", "validation"):  # fixed order: splits never share a problem
             levels = self.easy if s == "easy" else self.hard
             while len(out[s]) < self.sizes[s]:
                 digits = self._random_digits(rng, rng.choice(levels))
