@@ -63,6 +63,16 @@ def test_chain_both_rules_are_correct(chain_task):
     assert chain_task.verify(problem, solve_chain(problem.prompt, "P")).answer == problem.answer
 
 
+def test_chain_rule_share_judges_each_move_at_the_pair_it_reaches(chain_task):
+    problem = Problem(id="x", prompt="37 3:", answer="30", difficulty=3, split="train")
+    assert chain_task.rule_share(problem, " P R79/2 R93/1 L30/0 =30.") == 1.0  # P: R, R, then L at (9, 3)
+    # L at (3, 7) breaks P and leads to (7, 4), where P says L (R breaks it again), then (4, 3): L follows
+    assert chain_task.rule_share(problem, " P L00/2 R00/1 L00/0 =00.") == pytest.approx(1 / 3)
+    # Q: L at (3, 7), (7, 4) and (4, 8); a 4th move, past the problem's 3, is not judged
+    assert chain_task.rule_share(problem, " Q L00/2 L00/1 L00/0 R00/0 =00.") == 1.0
+    assert chain_task.rule_share(problem, " R79/2 =79.") is None and chain_task.rule_share(problem, " P =37.") is None
+
+
 def test_chain_rules_have_no_fixed_pattern_shortcut(chain_task, monkeypatch):
     """Both rules must be read off the pairs move by move: on the hard problems no rule's moves are
     constant or periodic, and most problems have moves of their own (the measure flags the old Q)."""

@@ -112,6 +112,20 @@ class ChainTask:
                 return Verdict(0.0, answer)
         return Verdict(float(left == 0 and answer == f"{a}{b}"), answer)
 
+    def rule_share(self, problem: Problem, solution: str) -> float | None:
+        """The share of a solution's moves that follow its declared strategy's rule, each judged at the
+        pair the moves so far lead to (the digits it writes are not read): the per-decision skill that
+        pass@1 amplifies to the power of the moves. None without a strategy marker or a move."""
+        declared = re.match(r" ([PQ]) ", solution)
+        ops = [op for op, *_ in _MOVE.findall(solution)][:problem.difficulty]
+        if declared is None or not ops:
+            return None
+        (a, b), follows = divmod(int(problem.prompt.split()[0]), 10), 0
+        for op in ops:
+            follows += op == RULES[declared.group(1)](a, b)
+            a, b = move(a, b, op)
+        return follows / len(ops)
+
     def shortcuts(self, problems: list[Problem]) -> dict[str, dict[str, float]]:
         """Per strategy, how close its rule comes to a fixed pattern on these problems: share of
         distinct move strings, and share of problems whose moves after the first are constant or
