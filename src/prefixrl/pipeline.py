@@ -21,6 +21,7 @@ from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limi
 from prefixrl.screen import screen
 from prefixrl.tasks import load_problems, load_task
 from prefixrl.traces import CollectConfig, collect
+from prefixrl.typecheck import hints_of, type_problem
 
 
 @dataclass
@@ -58,7 +59,7 @@ def build_config(cls, raw: dict, where: str, default=None):
     one). Unknown keys are errors; a number YAML reads as text (it reads 1e-4 so) becomes a float."""
     if not isinstance(raw, dict):
         raise InputError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in fields(cls)}
+    known, hints = {f.name: f for f in fields(cls)}, hints_of(cls)
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise InputError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
@@ -72,6 +73,8 @@ def build_config(cls, raw: dict, where: str, default=None):
                 value = float(value)
             except ValueError:
                 raise InputError(f"{where}: {name} must be a number, got {value!r}") from None
+        elif name in hints and (wanted := type_problem(value, hints[name])):  # before any stage runs
+            raise InputError(f"{where}: {name} must be {wanted}, got {value!r}")
         kwargs[name] = value
     return replace(default, **kwargs) if default is not None else cls(**kwargs)
 

@@ -49,7 +49,7 @@ from prefixrl.files import AppendLog, InputError, atomic_write_text
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
-from prefixrl.runinfo import write_manifest
+from prefixrl.runinfo import differences, write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
 
 # TRL calls transformers' renamed gradient_checkpointing API: its FutureWarnings say nothing to a
@@ -527,10 +527,8 @@ def _check_same_config(out_dir: Path, cfg: TrainConfig) -> None:
     path = out_dir / "config.json"
     if not path.exists():
         return
-    stored, wanted = json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg)))
-    changed = sorted(k for k in stored.keys() & wanted.keys() if k != "progress_bar" and stored[k] != wanted[k])
-    if changed:
-        diff = ", ".join(f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in changed)
+    diff = differences(json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg))), ignore=("progress_bar",))
+    if diff:
         raise InputError(f"{out_dir} holds a run started with other settings ({diff}): pass another output "
                          f"folder, or delete this one to start it over")
 

@@ -104,6 +104,14 @@ def load_task(name: str, **kwargs) -> Task:
     return task
 
 
+def check_sizes(name: str, sizes: dict[str, int]) -> None:
+    """A generated task's split sizes (n_train, n_heldout, n_easy) are counts: a negative one would
+    silently shift the held-out problems (a slice with a negative end)."""
+    for split, size in sizes.items():
+        if size < 0:
+            raise ValueError(f"task {name!r}: n_{split} must be >= 0, got {size}: fix --task-arg n_{split}=N")
+
+
 def task_args(task: Task) -> dict:
     """The options a task was loaded with ({} if unknown)."""
     return dict(getattr(task, "task_args", None) or {})
@@ -145,6 +153,13 @@ def _check_options(name: str, cls: type, kwargs: dict) -> None:
         problem = f"has no option {unknown}" if unknown else f"needs the option {missing}"
         raise ValueError(f"task {name!r} {problem}: its options are {list(params)}. Set one with "
                          "--task-arg KEY=VALUE (in a config: task_args: {KEY: VALUE})")
+    from prefixrl.typecheck import hints_of, type_problem
+
+    hints = hints_of(cls.__init__)
+    for key, value in kwargs.items():
+        if key in hints and (wanted := type_problem(value, hints[key])):  # a TypeError deep in the task otherwise
+            raise ValueError(f"task {name!r}: option {key} must be {wanted}, got {value!r}: fix --task-arg "
+                             f"{key}=VALUE (in a config: task_args: {{{key}: VALUE}})")
 
 
 SPLITS = ("train", "heldout", "easy")
