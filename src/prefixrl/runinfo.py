@@ -102,8 +102,8 @@ def check_identity(out_dir: str | Path, stage: str, identity: dict, write: bool 
     if path.exists():
         stored = json.loads(path.read_text())
         if stored.get("stage") != stage:
-            raise InputError(f"{out_dir} holds a `{stored.get('stage')}` run, not a `{stage}` one: pass another "
-                             f"output folder (--out)")
+            raise InputError(f"{out_dir} holds the files of `{stored.get('stage')}`, not of `{stage}`: pass "
+                             "another output folder (--out)")
         changed = differences(stored["identity"], wanted)
         if changed:
             raise InputError(f"{out_dir} holds a {stage} run of other inputs ({changed}): pass another output "
