@@ -46,7 +46,7 @@ def stub_train(monkeypatch):
         state.calls.append(model_path)
         if state.kill:
             raise KeyboardInterrupt
-        (out_dir / "model").mkdir(exist_ok=True)
+        (out_dir / "model").mkdir(parents=True, exist_ok=True)
         (out_dir / "manifest.json").write_text("{}")
         return out_dir / "model"
 

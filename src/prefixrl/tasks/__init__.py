@@ -92,7 +92,11 @@ def load_task(name: str, **kwargs) -> Task:
                              "a task of your own is given as `module:Class`.")
         cls = tasks[name]
     _check_options(name, cls, kwargs)
-    task = cls(**kwargs)
+    try:
+        task = cls(**kwargs)
+    except TypeError as err:  # an option of a type the task cannot use, in a task without annotations
+        raise ValueError(f"task {name!r} cannot use the options {kwargs}: {err}. Fix the --task-arg values "
+                         "(in a config: task_args)") from err
     missing = [a for a in ("name", "strategy_markers", "problems", "verify", "corpus")
                if not hasattr(task, a)]
     if missing:

@@ -1,0 +1,64 @@
+"""Bad input and unwritable folders end with the tool's own error (rc 2, the file or item, the fix),
+before any sampling; the CLI's defaults come from the configs' (one source)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import prefixrl.methods
+import prefixrl.screen
+from prefixrl.cli import app
+from prefixrl.generate import SamplingParams
+from prefixrl.train import TrainConfig
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "400"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result, " ".join(result.output.split())
+
+
+def test_screen_probes_its_output_folder_before_sampling(tmp_path, monkeypatch):
+    sampled = []
+    monkeypatch.setattr(prefixrl.screen, "score_problems", lambda *args, **kwargs: sampled.append(1) or [])
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "screen"  # cannot be made: its parent is a file
+    result, message = invoke("screen", "builtin:sort", "--task", "sort", "--n", 2, "--out", out, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert f"error: {tmp_path / 'a-file'}" in message and "pass a folder you can write to (--out)" in message
+    assert sampled == []
+
+
+@pytest.mark.parametrize("value, said", [("abc", "option n_train must be an integer, got 'abc'"),
+                                         ("-5", "n_train must be >= 0, got -5"),
+                                         ("[1]", "option n_train must be an integer, got [1]")])
+@pytest.mark.parametrize("task", ["sort", "chain"])
+def test_a_mistyped_task_arg_is_named(tmp_path, value, said, task):
+    result, message = invoke("evaluate", "builtin:sort", "--task", task, "--task-arg", f"n_train={value}",
+                             "--out", tmp_path, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert said in message and "--task-arg n_train=" in message
+
+
+def test_cli_defaults_are_the_configs(tmp_path, monkeypatch):
+    """The CLI generates as many tokens as the demo and the dataclasses do (one source), so the
+    stage-by-stage commands cut prefixes that fit the shipped models' 256-token window."""
+    seen = {}
+    monkeypatch.setattr(prefixrl.methods, "run_method", lambda *args, **kwargs: seen.update(cfg=args[5]) or tmp_path)
+    rows = tmp_path / "train.jsonl"
+    rows.write_text(json.dumps({"prompt": "x", "problem_id": "sort-351207", "prefix": "", "prefixed": False}) + "\n")
+    result, _ = invoke("train", "builtin:sort", "--task", "sort", "--data", rows, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"].max_completion_length == TrainConfig.max_completion_length
+
+    made = []
+
+    def make_sampler(backend, path, params):
+        made.append(params)
+        raise ValueError("enough: the sampler's settings are what this test reads")
+
+    monkeypatch.setattr("prefixrl.generate.make_sampler", make_sampler)
+    for command in ("screen", "evaluate"):
+        invoke(command, "builtin:sort", "--task", "sort", "--out", tmp_path / command, "--quiet")
+    assert [p.max_new_tokens for p in made] == [SamplingParams().max_new_tokens] * 2
