@@ -62,3 +62,19 @@ def test_cli_defaults_are_the_configs(tmp_path, monkeypatch):
     for command in ("screen", "evaluate"):
         invoke(command, "builtin:sort", "--task", "sort", "--out", tmp_path / command, "--quiet")
     assert [p.max_new_tokens for p in made] == [SamplingParams().max_new_tokens] * 2
+
+
+@pytest.mark.parametrize("line, said", [("seeds: 1", "seeds must be a list of integers, got 1"),
+                                        ("train: {steps: two}", "train: steps must be an integer, got 'two'"),
+                                        ("workers: '2'", "workers must be an integer, got '2'"),
+                                        ("methods: prefixrl", "methods must be a list of strings, got 'prefixrl'"),
+                                        ("screen: {limit: 1.5}", "screen: limit must be an integer or null")])
+def test_an_experiment_config_is_checked_before_any_stage_runs(tmp_path, line, said):
+    """A mistyped config is named at once, not found as a TypeError after screen, collect and
+    prefixes ran (minutes here, GPU-days at scale)."""
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"task: sort\nmodel: builtin:sort\n{line}\n")
+    result, message = invoke("experiment", config, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert f"error: {config}: {said}" in message
+    assert not (tmp_path / "run" / "screen").exists()

@@ -9,6 +9,9 @@ import typing
 from typing import Any, Literal, Union
 
 
+PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+
+
 def type_problem(value: Any, hint: Any) -> str | None:
     """None if `value` fits the annotation `hint`, else what it should be ("a list of int").
     YAML gives lists for tuples and ints for floats; an annotation it cannot read passes."""
@@ -60,7 +63,7 @@ def _describe(hint: Any) -> str:
     if hint is type(None):
         return "null"
     if origin in (list, tuple, set, frozenset):
-        return f"a list of {_describe(args[0])}" if args else "a list"
+        return f"a list of {PLURAL.get(args[0]) or _describe(args[0])}" if args else "a list"
     if origin is dict:
         return "a mapping"
     if hint in (int, float):
