@@ -78,3 +78,23 @@ def test_an_experiment_config_is_checked_before_any_stage_runs(tmp_path, line, s
     assert result.exit_code == 2, result.output
     assert f"error: {config}: {said}" in message
     assert not (tmp_path / "run" / "screen").exists()
+
+
+def test_truncate_says_how_many_prefixes_it_shortened(sort_task, tmp_path):
+    """Three cuts past the limit all end at it: the user is told, and the manifest lists each cut."""
+    from conftest import solve_sort
+    from prefixrl.files import read_jsonl, write_jsonl
+
+    problem = sort_task.problems("train")[0]
+    write_jsonl(tmp_path / "traces.jsonl", [{"problem_id": problem.id, "prompt": problem.prompt,
+                                             "completion": solve_sort(problem.prompt)}])
+    args = ["prefixes", "builtin:sort", "--task", "sort", "--traces", tmp_path / "traces.jsonl", "--policy", "fixed",
+            "--fraction", 0.5, "--fraction", 0.7, "--fraction", 0.9, "--max-prompt-length", 40, "--out", tmp_path / "p"]
+    result, message = invoke(*args, "--on-too-long", "truncate")
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(tmp_path / "p" / "train.jsonl")
+    kept = {r["prefix_tokens"] for r in rows if r["prefixed"]}
+    shortened = json.loads((tmp_path / "p" / "manifest.json").read_text())["shortened_prefixes"]
+    assert len(shortened) == 3 and {s["kept"] for s in shortened} == kept and len(kept) == 1
+    assert "--on-too-long truncate shortened 3 of 3 prefixes to fit max_prompt_length 40 (traces [0]); " \
+           "2 prefixed rows now repeat another cut of their trace" in message

@@ -192,7 +192,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
     from prefixrl.files import write_jsonl
     from prefixrl.flops import FlopsLedger
     from prefixrl.models import load_model, n_params, resolve_model
-    from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limit
+    from prefixrl.prefixes import PrefixConfig, prefixed_problems, shortening_report, with_context_limit
     from prefixrl.runinfo import write_manifest
     from prefixrl.tasks import problems_by_id
     from prefixrl.traces import load_traces
@@ -220,16 +220,20 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
             curve = success_curve(calibration)
             plot_success_vs_prefix({model: curve}, out / "success_vs_prefix.png")
             _print_dict("success vs prefix fraction", {f"{f:.0%}": v for f, v in curve.items()})
-        rows = prefixed_problems(tokenizer, all_traces, problems, cfg, calibration=calibration)
+        shortened = []
+        rows = prefixed_problems(tokenizer, all_traces, problems, cfg, calibration=calibration, shortened=shortened)
         write_jsonl(out / "train.jsonl", rows)
         ledger = FlopsLedger(out / "flops.json", fresh=True)  # calibration's sampling, chargeable (--prior-flops)
         ledger.add("calibration", n_params=n_params(model_obj),
                    inference_tokens=sum(p["tokens"] for row in calibration or [] for p in row["points"]))
         write_manifest(out, stage="prefixes", config={"model": model, "traces": str(traces), **asdict(cfg)},
-                       seed=seed, flops=ledger.total, wall_time_s=time.time() - start, task=the_task)
+                       seed=seed, flops=ledger.total, wall_time_s=time.time() - start, task=the_task,
+                       extra={"shortened_prefixes": shortened})
     except (ValueError, InputError) as err:
         _fail(err)
     n_prefixed = sum(r["prefixed"] for r in rows)
+    if shortened:
+        console.print(f"[yellow]{escape(shortening_report(shortened, rows, cfg.max_prompt_length))}[/yellow]")
     console.print(f"wrote {len(rows)} rows ({n_prefixed} prefixed, {len(rows) - n_prefixed} unprefixed) "
                   f"to {out / 'train.jsonl'}")
 
