@@ -169,3 +169,27 @@ def test_a_folder_of_another_stage_is_refused(sort_task, problems, tmp_path):
     evaluate(sort_task, FakeSortSampler(), problems, 4, tmp_path, quiet=True)
     with pytest.raises(InputError, match="holds the files of `evaluate`, not of `collect`"):
         collect(sort_task, FakeSortSampler(), problems, tmp_path, CFG, quiet=True)
+
+
+# -- resume: no alarm for tied weights ----------------------------------------------------------------
+
+def test_resume_does_not_warn_about_tied_lm_head(sort_task, rows, tmp_path, caplog):
+    """A tied lm_head is saved once, as the embedding: resuming a checkpoint must not report it missing."""
+    from datasets import Dataset
+
+    from prefixrl.flops import FlopsLedger
+    from prefixrl.models import load_model
+    from prefixrl.tasks import problems_by_id
+    from prefixrl.train import PrefixRLTrainer, TrainConfig, grpo_config, reward_function
+
+    model, tokenizer = load_model(resolve_model("builtin:sort"))
+    assert set(model.all_tied_weights_keys) == {"lm_head.weight"}
+    trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(sort_task, problems_by_id(sort_task)),
+                              args=grpo_config(TrainConfig(problems_per_step=2, num_generations=2), tmp_path),
+                              train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                              flops_ledger=FlopsLedger())
+    trainer.save_model(str(tmp_path / "checkpoint-1"))  # as a checkpoint is saved: without lm_head.weight
+    with caplog.at_level("WARNING"):
+        trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    assert "missing keys" not in caplog.text
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied

@@ -341,6 +341,13 @@ class PrefixRLTrainer(GRPOTrainer):
         if self.args.should_save and checkpoint.is_dir():
             FlopsLedger(checkpoint / "flops.json").merge(self.flops_ledger)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A checkpoint of a model with tied weights has no lm_head.weight (it is the embedding,
+        saved once): not a missing key on resume, so not a warning that alarms for nothing."""
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())
+        load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result)
+
     @contextmanager
     def full_model(self):
         """The policy with all its weights in this process, for sampling outside TRL's rollouts
