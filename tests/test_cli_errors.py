@@ -98,3 +98,28 @@ def test_truncate_says_how_many_prefixes_it_shortened(sort_task, tmp_path):
     assert len(shortened) == 3 and {s["kept"] for s in shortened} == kept and len(kept) == 1
     assert "--on-too-long truncate shortened 3 of 3 prefixes to fit max_prompt_length 40 (traces [0]); " \
            "2 prefixed rows now repeat another cut of their trace" in message
+
+
+@pytest.mark.parametrize("command", [["demo"], ["experiment", "benchmark"], ["experiment", "configs/adaptive.yaml"]])
+def test_shipped_configs_are_found_from_any_folder(tmp_path, monkeypatch, command):
+    """`prefixrl demo` (default configs/demo.yaml) and configs named as in the README work outside the
+    repository: the configs ship with the package."""
+    import prefixrl.demo
+    import prefixrl.experiment
+
+    def reached(*args, **kwargs):
+        raise ValueError("reached the data stages")
+
+    for module in (prefixrl.demo, prefixrl.experiment):
+        monkeypatch.setattr(module, "prepare_data", reached)
+    monkeypatch.chdir(tmp_path)
+    result, message = invoke(*command, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 2 and "error: reached the data stages" in message, message
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["task"] == "chain" and config["model"] == "builtin:chain"
+
+
+def test_a_missing_config_names_the_shipped_ones(tmp_path):
+    result, message = invoke("experiment", tmp_path / "nope.yaml", "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'nope.yaml'}: no such config file; the shipped configs are ['adaptive', 'benchmark'," in message

@@ -46,10 +46,25 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path):
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"{path}: no such config file")
+        path = resolve_config(path)
         return build_config(cls, yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"  # the repository's configs/, installed with the package
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: `path` if it exists, else the shipped config of that name (`demo`,
+    `benchmark.yaml`, `configs/benchmark.yaml`), so `prefixrl demo` and the README's
+    `configs/...` paths work from any folder and from an installed package."""
+    path = Path(path)
+    if path.exists():
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if shipped.is_file() and (len(path.parts) == 1 or path.parent.name == "configs"):
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+    raise InputError(f"{path}: no such config file; the shipped configs are {names} (give one by name)")
 
 
 def build_config(cls, raw: dict, where: str, default=None):
