@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import platform
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,6 +127,7 @@ def run_folder(out_dir: str | Path, stage: str, identity: dict, lock: bool = Tru
     (flock): a killed process releases it. lock=False: the identity check only (the other
     processes of one multi-process run)."""
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     handle = open(out_dir / ".lock", "a") if lock else None
     try:
@@ -137,6 +139,10 @@ def run_folder(out_dir: str | Path, stage: str, identity: dict, lock: bool = Tru
                                  "to finish, or pass another output folder (--out)") from None
         check_identity(out_dir, stage, identity, write=lock)
         yield out_dir
+    except BaseException:
+        if created and handle is not None and {p.name for p in out_dir.iterdir()} <= {".lock", IDENTITY_FILE}:
+            shutil.rmtree(out_dir)  # refused before anything was written: the fixed rerun finds no folder
+        raise
     finally:
         if handle is not None:
             handle.close()
