@@ -44,6 +44,7 @@ def stub_train(monkeypatch):
 
     def fake(task, model_path, rows, out_dir, cfg, **kwargs):
         state.calls.append(model_path)
+        (out_dir / "config.json").write_text("{}")  # train's first file
         if state.kill:
             raise KeyboardInterrupt
         (out_dir / "model").mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ def run_folder(out_dir: str | Path, stage: str, identity: dict, lock: bool = Tru
                                  "to finish, or pass another output folder (--out)") from None
         check_identity(out_dir, stage, identity, write=lock)
         yield out_dir
-    except BaseException:
+    except Exception:  # an error, not a kill (Ctrl-C): a killed run's folder is its resume point
         if created and handle is not None and {p.name for p in out_dir.iterdir()} <= {".lock", IDENTITY_FILE}:
             shutil.rmtree(out_dir)  # refused before anything was written: the fixed rerun finds no folder
         raise
