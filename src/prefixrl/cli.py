@@ -456,7 +456,8 @@ def _disk_errors(command):
             fix = {errno.ENOSPC: "free some space and rerun the same command (it resumes)",
                    errno.ENOENT: "check the path"}.get(err.errno, "pass a folder you can write to (--out), "
                                                                 "or fix its permissions")
-            _fail(InputError(f"{err.filename or ''}: {err.strerror or err}: {fix}"))
+            where = f"{err.filename}: " if err.filename else ""
+            _fail(InputError(f"{where}{err.strerror or err}: {fix}"))
     return guarded
 
 
