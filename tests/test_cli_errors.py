@@ -123,3 +123,25 @@ def test_a_missing_config_names_the_shipped_ones(tmp_path):
     result, message = invoke("experiment", tmp_path / "nope.yaml", "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert f"{tmp_path / 'nope.yaml'}: no such config file; the shipped configs are ['adaptive', 'benchmark'," in message
+
+
+def test_a_full_disk_is_the_tools_error(sort_task, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from conftest import solve_sort
+    from prefixrl.files import write_jsonl
+
+    problem = sort_task.problems("train")[0]
+    write_jsonl(tmp_path / "traces.jsonl", [{"problem_id": problem.id, "prompt": problem.prompt,
+                                             "completion": solve_sort(problem.prompt)}])
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("prefixrl.files.os.fsync", full)
+    result, message = invoke("prefixes", "builtin:sort", "--task", "sort", "--traces", tmp_path / "traces.jsonl",
+                             "--out", tmp_path / "p")
+    assert result.exit_code == 2, result.output
+    assert "error: No space left on device: free some space and rerun the same command" in message
+    assert not (tmp_path / "p" / "train.jsonl").exists()  # no half-written file
