@@ -103,7 +103,8 @@ def test_scores_of_another_task_or_model_are_not_reported(sort_task, chain_task,
     scores = (tmp_path / "scores.jsonl").read_text()
     with pytest.raises(InputError, match=f"{stage} run of other inputs \\(.*task: 'sort' -> 'chain'"):
         run(chain_task, sampler_of("builtin:sort"))
-    with pytest.raises(InputError, match=f"{stage} run of other inputs \\(model: '[0-9a-f]+' -> '[0-9a-f]+'\\)"):
+    with pytest.raises(InputError, match=f"{stage} run of other inputs \\(model: '[0-9a-f]+' -> '[0-9a-f]+'; "
+                                         "its model was .*checkpoints/sort\\)"):
         run(sort_task, sampler_of("builtin:chain"))
     with pytest.raises(InputError, match=r"\(n: 4 -> 8\)"):
         (evaluate(sort_task, sampler_of("builtin:sort"), problems, 8, tmp_path, quiet=True) if stage == "evaluate"

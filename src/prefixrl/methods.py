@@ -84,7 +84,7 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
         raise ValueError(f"method {method!r} runs in one process ({ONE_PROCESS[method]}); launch it without "
                          "accelerate (or with --num_processes 1)")
     identity = {"task": task.name, "task_args": task_args(task), "method": method,
-                "model": model_fingerprint(model_path), "rows": rows_fingerprint(rows),
+                "model": model_fingerprint(model_path), "_model_path": model_path, "rows": rows_fingerprint(rows),
                 "traces": rows_fingerprint(traces) if method in USES_TRACES else None}
     main = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its main process
     with run_folder(out_dir, "train", identity, lock=main):

@@ -97,7 +97,9 @@ def check_identity(out_dir: str | Path, stage: str, identity: dict, write: bool 
     """A run folder resumes (or returns its result) only for the inputs it was started with: the
     first run records them in identity.json; a rerun with other ones is refused by name (otherwise
     the old run's result would be reported for the new inputs). `identity` holds what defines the
-    stage's output: task and task args, the model's fingerprint, method, data, n, seed, sampling."""
+    stage's output: task and task args, the model's fingerprint, method, data, n, seed, sampling.
+    Keys that start with "_" are notes for the message (the model's path), not compared: a moved
+    folder keeps its identity."""
     path = Path(out_dir) / IDENTITY_FILE
     wanted = json.loads(json.dumps(identity, default=str))
     if path.exists():
@@ -107,15 +109,18 @@ def check_identity(out_dir: str | Path, stage: str, identity: dict, write: bool 
                              "another output folder (--out)")
         changed = differences(stored["identity"], wanted)
         if changed:
-            raise InputError(f"{out_dir} holds a {stage} run of other inputs ({changed}): pass another output "
-                             f"folder (--out), or delete this one to start it over")
+            was = stored["identity"].get("_model_path")
+            note = f"; its model was {was}" if "model:" in changed and was else ""
+            raise InputError(f"{out_dir} holds a {stage} run of other inputs ({changed}{note}): pass another "
+                             "output folder (--out), or delete this one to start it over")
     elif write:
         atomic_write_text(path, json.dumps({"stage": stage, "identity": wanted}, indent=2))
 
 
 def differences(stored: dict, wanted: dict, ignore: tuple[str, ...] = ()) -> str:
     """'key: old -> new, ...' for the keys both hold with other values ('' when none)."""
-    changed = sorted(k for k in stored.keys() & wanted.keys() if k not in ignore and stored[k] != wanted[k])
+    changed = sorted(k for k in stored.keys() & wanted.keys()
+                     if k not in ignore and not k.startswith("_") and stored[k] != wanted[k])
     return ", ".join(f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in changed)
 
 
@@ -154,4 +159,5 @@ def sampling_identity(task, sampler, **more) -> dict:
     distribution), and the stage's own `more` (n, seed)."""
     sampling = {k: v for k, v in vars(sampler.params).items() if k != "batch_size"}
     return {"task": task.name, "task_args": dict(getattr(task, "task_args", None) or {}),
-            "model": model_fingerprint(sampler_model(sampler)), "sampling": sampling, **more}
+            "model": model_fingerprint(sampler_model(sampler)), "_model_path": sampler_model(sampler),
+            "sampling": sampling, **more}
