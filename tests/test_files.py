@@ -71,3 +71,22 @@ def test_atomic_write_failure_keeps_old_file(tmp_path):
         atomic_write_text(target, None)  # fails inside the write
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_append_log_refuses_a_damaged_line_before_the_last(tmp_path):
+    """Only a kill's torn last line is dropped; a damaged middle line is named, and no row after
+    it is lost (the file is not rewritten)."""
+    path = tmp_path / "log.jsonl"
+    text = '{"i": 0}\n{"i": 1, "da\n{"i": 2}\n{"i": 3}\n'
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"log\.jsonl, line 2: damaged .*2 lines follow"):
+        AppendLog(path)
+    assert path.read_text() == text
+
+
+def test_atomic_write_gives_a_plain_files_mode(tmp_path):
+    """A result is as readable as a log written with open() (umask applied), not mkstemp's 0600."""
+    atomic_write_text(tmp_path / "result.json", "{}")
+    with open(tmp_path / "log.jsonl", "w"):
+        pass
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == (tmp_path / "log.jsonl").stat().st_mode & 0o777

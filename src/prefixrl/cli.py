@@ -5,6 +5,8 @@ Every subcommand is a thin wrapper over a library function of the same stage mod
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import time
@@ -31,7 +33,12 @@ TASK_ARGS = typer.Option([], "--task-arg", help="A task option KEY=VALUE (repeat
                          "[lists] are typed, other values are text. E.g. --task-arg train=data/train.jsonl.")
 BACKEND = typer.Option("hf", help="Generation backend: 'hf' (transformers) or 'vllm'.")
 TEMPERATURE = typer.Option(1.0, help="Sampling temperature.")
-MAX_NEW = typer.Option(160, help="Max tokens generated per sample.")
+# defaults from one source: SamplingParams' and TrainConfig's (read when the command runs: importing
+# them here would load torch for `prefixrl --help`)
+MAX_NEW = typer.Option(None, help="Max tokens generated per sample (default: SamplingParams.max_new_tokens).")
+MAX_COMPLETION = typer.Option(None, help="Tokens the policy generates after a prompt: the context window less this "
+                              "bounds a prefixed prompt (default: TrainConfig.max_completion_length, which leaves "
+                              "room in the shipped models' 256-token window for prefixes of their traces).")
 BATCH = typer.Option(256, help="Sequences per generation batch.")
 SEED = typer.Option(0, help="Random seed.")
 QUIET = typer.Option(False, "--quiet", help="No progress bar.")
@@ -42,17 +49,24 @@ def _fail(err: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _max_completion_length(value: int | None) -> int:
+    from prefixrl.train import TrainConfig
+
+    return TrainConfig.max_completion_length if value is None else value
+
+
 def _task(name: str, pairs: list[str]):
     from prefixrl.tasks import load_task, parse_task_args
 
     return load_task(name, **parse_task_args(pairs))
 
 
-def _sampler(model: str, backend: str, temperature: float, max_new_tokens: int, batch_size: int):
+def _sampler(model: str, backend: str, temperature: float, max_new_tokens: int | None, batch_size: int):
     from prefixrl.generate import SamplingParams, make_sampler
     from prefixrl.models import resolve_model
 
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    params = SamplingParams(temperature=temperature, batch_size=batch_size,
+                            **({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}))
     try:
         return make_sampler(backend, resolve_model(model), params)
     except ImportError as err:  # --backend vllm without vLLM: say how to get it, no traceback
@@ -90,7 +104,7 @@ def screen(model: str = typer.Argument(..., help="Model folder, or `builtin:TASK
            n: int = typer.Option(512, help="Samples per problem."),
            k: Optional[int] = typer.Option(None, help="Hard means pass@k = 0 (default k = n)."),
            out: Path = typer.Option(Path("runs/screen"), help="Output folder (resumes if it exists)."),
-           backend: str = BACKEND, temperature: float = TEMPERATURE, max_new_tokens: int = MAX_NEW,
+           backend: str = BACKEND, temperature: float = TEMPERATURE, max_new_tokens: Optional[int] = MAX_NEW,
            batch_size: int = BATCH, seed: int = SEED, quiet: bool = QUIET):
     """Sample n completions per problem, report pass@k, write the hard subset (hard.jsonl)."""
     from prefixrl.screen import screen as run
@@ -114,7 +128,7 @@ def collect(model: str = typer.Argument(..., help="Model folder, or `builtin:TAS
             max_attempts: int = typer.Option(2500, help="Cap on attempts per problem."),
             traces_per_problem: int = typer.Option(1, help="Stop a problem after this many correct traces."),
             attempts_per_round: int = typer.Option(64, help="Samples per problem per round."),
-            backend: str = BACKEND, temperature: float = TEMPERATURE, max_new_tokens: int = MAX_NEW,
+            backend: str = BACKEND, temperature: float = TEMPERATURE, max_new_tokens: Optional[int] = MAX_NEW,
             batch_size: int = BATCH, seed: int = SEED, quiet: bool = QUIET):
     """Rejection-sample verified-correct traces (resumable: rerun the same command after a kill)."""
     from prefixrl.tasks import load_problems
@@ -168,8 +182,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
              calibrate_n: int = typer.Option(0, help="Measure success vs prefix fraction with this many samples "
                                               "(needed by --policy adaptive)."),
              band: tuple[float, float] = typer.Option((0.2, 0.8), help="adaptive: target success band of a prefix."),
-             max_completion_length: int = typer.Option(MAX_NEW.default, help="Tokens the policy will generate after "
-                                                       "a prompt: the context window less this bounds the prompt."),
+             max_completion_length: Optional[int] = MAX_COMPLETION,
              max_prompt_length: Optional[int] = typer.Option(None, help="Tokens a prompt (rendered problem + prefix) "
                                                              "may have (default: as the context window allows)."),
              on_too_long: str = typer.Option("error", help="A longer prefixed prompt: 'error' (refuse, naming the "
@@ -179,7 +192,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
     from prefixrl.files import write_jsonl
     from prefixrl.flops import FlopsLedger
     from prefixrl.models import load_model, n_params, resolve_model
-    from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limit
+    from prefixrl.prefixes import PrefixConfig, prefixed_problems, shortening_report, with_context_limit
     from prefixrl.runinfo import write_manifest
     from prefixrl.tasks import problems_by_id
     from prefixrl.traces import load_traces
@@ -191,6 +204,7 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
                            token_counts=list(tokens), band=band, snap=snap, unprefixed_per_problem=unprefixed,
                            max_prompt_length=max_prompt_length, on_too_long=on_too_long, seed=seed)
         model_obj, tokenizer = load_model(resolve_model(model))
+        max_completion_length = _max_completion_length(max_completion_length)
         cfg = with_context_limit(cfg, model_obj, max_completion_length)
         all_traces = load_traces(traces)
         problems = problems_by_id(the_task)
@@ -206,16 +220,20 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
             curve = success_curve(calibration)
             plot_success_vs_prefix({model: curve}, out / "success_vs_prefix.png")
             _print_dict("success vs prefix fraction", {f"{f:.0%}": v for f, v in curve.items()})
-        rows = prefixed_problems(tokenizer, all_traces, problems, cfg, calibration=calibration)
+        shortened = []
+        rows = prefixed_problems(tokenizer, all_traces, problems, cfg, calibration=calibration, shortened=shortened)
         write_jsonl(out / "train.jsonl", rows)
         ledger = FlopsLedger(out / "flops.json", fresh=True)  # calibration's sampling, chargeable (--prior-flops)
         ledger.add("calibration", n_params=n_params(model_obj),
                    inference_tokens=sum(p["tokens"] for row in calibration or [] for p in row["points"]))
         write_manifest(out, stage="prefixes", config={"model": model, "traces": str(traces), **asdict(cfg)},
-                       seed=seed, flops=ledger.total, wall_time_s=time.time() - start, task=the_task)
+                       seed=seed, flops=ledger.total, wall_time_s=time.time() - start, task=the_task,
+                       extra={"shortened_prefixes": shortened})
     except (ValueError, InputError) as err:
         _fail(err)
     n_prefixed = sum(r["prefixed"] for r in rows)
+    if shortened:
+        console.print(f"[yellow]{escape(shortening_report(shortened, rows, cfg.max_prompt_length))}[/yellow]")
     console.print(f"wrote {len(rows)} rows ({n_prefixed} prefixed, {len(rows) - n_prefixed} unprefixed) "
                   f"to {out / 'train.jsonl'}")
 
@@ -258,7 +276,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                                                              "http://0.0.0.0:8000)."),
           vllm_gpu_memory_utilization: float = typer.Option(0.3, help="colocate: share of each GPU for vLLM."),
           vllm_tensor_parallel_size: int = typer.Option(1, help="colocate: GPUs per vLLM engine."),
-          max_completion_length: int = MAX_NEW, seed: int = SEED):
+          max_completion_length: Optional[int] = MAX_COMPLETION, seed: int = SEED):
     """RL on prefixed problems (only the policy's own continuation is trained), or a baseline.
     Several GPUs: `accelerate launch --config_file configs/accelerate/... -m prefixrl.cli train ...`."""
     from prefixrl.files import read_jsonl
@@ -276,7 +294,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
                           loss_type=loss_type, scale_rewards=scale_rewards, beta=beta, is_truncation=is_truncation,
                           eval_every=eval_every, eval_n=eval_n, eval_batch_size=eval_batch_size, save_every=save_every,
-                          max_completion_length=max_completion_length, seed=seed,
+                          max_completion_length=_max_completion_length(max_completion_length), seed=seed,
                           micro_batch_size=micro_batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                           use_vllm=use_vllm, vllm_mode=vllm_mode, vllm_server_base_url=vllm_server_base_url,
                           vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
@@ -307,7 +325,7 @@ def evaluate(model: str = typer.Argument(..., help="Model folder, or `builtin:TA
              n: int = typer.Option(256, help="Samples per problem (paper: 256)."),
              out: Path = typer.Option(Path("runs/eval"), help="Output folder (resumes if it exists)."),
              backend: str = BACKEND, temperature: float = typer.Option(0.7, help="Sampling temperature (paper: 0.7)."),
-             max_new_tokens: int = MAX_NEW, batch_size: int = BATCH, seed: int = SEED, quiet: bool = QUIET):
+             max_new_tokens: Optional[int] = MAX_NEW, batch_size: int = BATCH, seed: int = SEED, quiet: bool = QUIET):
     """Unbiased pass@k (k = 1, 2, 4, ..., n) on unprefixed problems."""
     from prefixrl.evaluate import evaluate as run
     from prefixrl.tasks import load_problems
@@ -429,6 +447,26 @@ def _print_dict(title: str, values: dict) -> None:
     for key, value in values.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+def _disk_errors(command):
+    """A command whose folder or file cannot be read or written (missing, read-only, disk full)
+    ends with the tool's own error naming the path and the fix, not a traceback."""
+    @functools.wraps(command)
+    def guarded(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except OSError as err:
+            fix = {errno.ENOSPC: "free some space and rerun the same command (it resumes)",
+                   errno.ENOENT: "check the path"}.get(err.errno, "pass a folder you can write to (--out), "
+                                                                "or fix its permissions")
+            where = f"{err.filename}: " if err.filename else ""
+            _fail(InputError(f"{where}{err.strerror or err}: {fix}"))
+    return guarded
+
+
+for _info in app.registered_commands + export_app.registered_commands:  # every command, however added
+    _info.callback = _disk_errors(_info.callback)
 
 
 if __name__ == "__main__":

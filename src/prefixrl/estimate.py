@@ -77,11 +77,9 @@ def load_config(path: str | Path):
     """(DemoConfig, raw dict, ignored keys): keys the schema does not know (e.g. a task's
     `task_args`, `params`) are set aside and reported, not errors: the estimate needs none."""
     from prefixrl.demo import DemoConfig
-    from prefixrl.pipeline import build_config
+    from prefixrl.pipeline import build_config, resolve_config
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such config file")
+    path = resolve_config(path)
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping of config keys")

@@ -19,7 +19,7 @@ from prefixrl.files import AppendLog, atomic_write_text, progress_bar
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
-from prefixrl.runinfo import write_manifest
+from prefixrl.runinfo import run_folder, sampling_identity, write_manifest
 from prefixrl.tasks import Problem, Task, strategy_of, task_args, verify_all
 
 
@@ -85,12 +85,13 @@ def evaluate(task: Task, sampler: Sampler, problems: list[Problem], n: int, out_
              seed: int = 0, quiet: bool = False) -> dict:
     """Score problems and write `eval.json` with mean pass@k for k = 1, 2, 4, ..., n."""
     start = time.time()
-    rows = score_problems(task, sampler, problems, n, out_dir, seed=seed, quiet=quiet)
-    result = {"n": n, "problems": len(rows), **summarize(rows, default_ks(n))}
-    atomic_write_text(Path(out_dir) / "eval.json", json.dumps(result, indent=2))
-    write_manifest(out_dir, stage="evaluate", config={"task": task.name, "task_args": task_args(task), "n": n,
-                                                      "problems": [p.id for p in problems],
-                                                      "sampling": asdict(sampler.params)},
-                   seed=seed, flops=FlopsLedger(Path(out_dir) / "flops.json").total,
-                   wall_time_s=time.time() - start, task=task)
+    with run_folder(out_dir, "evaluate", sampling_identity(task, sampler, n=n, seed=seed)):  # scores of this model
+        rows = score_problems(task, sampler, problems, n, out_dir, seed=seed, quiet=quiet)
+        result = {"n": n, "problems": len(rows), **summarize(rows, default_ks(n))}
+        atomic_write_text(Path(out_dir) / "eval.json", json.dumps(result, indent=2))
+        write_manifest(out_dir, stage="evaluate", config={"task": task.name, "task_args": task_args(task), "n": n,
+                                                          "problems": [p.id for p in problems],
+                                                          "sampling": asdict(sampler.params)},
+                       seed=seed, flops=FlopsLedger(Path(out_dir) / "flops.json").total,
+                       wall_time_s=time.time() - start, task=task)
     return result

@@ -12,6 +12,10 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 class InputError(ValueError):
     """Bad input from a user's file: the message names the file, the item and the fix."""
 
@@ -34,6 +38,7 @@ def _atomic_write(path: str | Path, data: str | bytes, mode: str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # a plain file's mode (mkstemp's 0600 would hide results from a team)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -98,7 +103,9 @@ class AppendLog:
 
     Each `append` is one line, flushed and fsynced. A kill can leave at most the last line
     truncated; opening the log drops such a line (rewriting the file atomically), so every row
-    read back was written whole.
+    read back was written whole. A damaged line before the last is no kill's doing: it is
+    refused by file and line, and the file is left as it is (dropping it and the lines after it
+    would lose rows silently).
     """
 
     def __init__(self, path: str | Path):
@@ -107,13 +114,15 @@ class AppendLog:
         if self.path.exists():
             text = self.path.read_text()
             lines = text.splitlines()
-            for line in lines:
+            for lineno, line in enumerate(lines, 1):
                 try:
                     self.rows.append(json.loads(line))
                 except ValueError:
-                    break  # a truncated write: everything before it is whole
+                    if lineno < len(lines):
+                        raise InputError(f"{self.path}, line {lineno}: damaged (not JSON), and {len(lines) - lineno} "
+                                         "lines follow it: repair or delete that line, then rerun") from None
             if len(self.rows) < len(lines) or (text and not text.endswith("\n")):
-                write_jsonl(self.path, self.rows)
+                write_jsonl(self.path, self.rows)  # a truncated last write: everything before it is whole
 
     def keep(self, predicate) -> None:
         """Keep only the rows for which predicate(row) is true (the file is rewritten atomically)."""

@@ -31,6 +31,7 @@ class VLLMSampler:
     def __init__(self, model_path: str, params: SamplingParams, **llm_kwargs):
         vllm = import_vllm()
         self.params = params
+        self.model_path = model_path  # what the run folders' identity hashes (runinfo.sampler_model)
         self.llm = vllm.LLM(model=model_path, **{"logprobs_mode": "processed_logprobs", **llm_kwargs})
         self.tokenizer = self.llm.get_tokenizer()
         self.n_params = count_params_from_config(model_path)

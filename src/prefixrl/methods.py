@@ -22,6 +22,7 @@ replaces:
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from prefixrl.flops import FlopsLedger
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
 from prefixrl.adaptive import AdaptiveConfig, AdaptivePrefixes
 from prefixrl.prefixes import PrefixConfig, hint_rows, render_prompt
-from prefixrl.tasks import Problem, Task, problems_by_id
+from prefixrl.runinfo import model_fingerprint, rows_fingerprint, run_folder
+from prefixrl.tasks import Problem, Task, problems_by_id, task_args
 from prefixrl.train import OffPolicyTraces, TrainConfig, train, world_size
 
 METHODS = {
@@ -76,12 +78,23 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
                eval_problems: dict[str, list[Problem]] | None = None, prior_flops: FlopsLedger | None = None,
                sft_cfg=None, prefix_cfg: PrefixConfig | None = None, adaptive_cfg: AdaptiveConfig | None = None
                ) -> Path:
-    """Train `method` from `model_path` into out_dir (resumable); returns the trained model's folder."""
+    """Train `method` from `model_path` into out_dir (resumable); returns the trained model's folder.
+    The folder is the method's: a rerun with another method, model, rows or traces is refused."""
     if method in ONE_PROCESS and world_size() > 1:  # before anything runs
         raise ValueError(f"method {method!r} runs in one process ({ONE_PROCESS[method]}); launch it without "
                          "accelerate (or with --num_processes 1)")
+    identity = {"task": task.name, "task_args": task_args(task), "method": method,
+                "model": model_fingerprint(model_path), "_model_path": model_path, "rows": rows_fingerprint(rows),
+                "traces": rows_fingerprint(traces) if method in USES_TRACES else None}
+    main = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its main process
+    with run_folder(out_dir, "train", identity, lock=main):
+        return _run_method(method, task, model_path, rows, Path(out_dir), cfg, traces, eval_problems, prior_flops,
+                           sft_cfg, prefix_cfg, adaptive_cfg)
+
+
+def _run_method(method, task, model_path, rows, out_dir, cfg, traces, eval_problems, prior_flops, sft_cfg,
+                prefix_cfg, adaptive_cfg) -> Path:
     cfg = cfg or TrainConfig()
-    out_dir = Path(out_dir)
     problems = problems_by_id(task)
     problems.update({p.id: p for ps in (eval_problems or {}).values() for p in ps})
     if method in USES_TRACES and not traces:

@@ -21,6 +21,7 @@ from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limi
 from prefixrl.screen import screen
 from prefixrl.tasks import load_problems, load_task
 from prefixrl.traces import CollectConfig, collect
+from prefixrl.typecheck import hints_of, type_problem
 
 
 @dataclass
@@ -45,10 +46,25 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path):
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"{path}: no such config file")
+        path = resolve_config(path)
         return build_config(cls, yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"  # the repository's configs/, installed with the package
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file: `path` if it exists, else the shipped config of that name (`demo`,
+    `benchmark.yaml`, `configs/benchmark.yaml`), so `prefixrl demo` and the README's
+    `configs/...` paths work from any folder and from an installed package."""
+    path = Path(path)
+    if path.exists():
+        return path
+    shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if shipped.is_file() and (len(path.parts) == 1 or path.parent.name == "configs"):
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml"))
+    raise InputError(f"{path}: no such config file; the shipped configs are {names} (give one by name)")
 
 
 def build_config(cls, raw: dict, where: str, default=None):
@@ -58,7 +74,7 @@ def build_config(cls, raw: dict, where: str, default=None):
     one). Unknown keys are errors; a number YAML reads as text (it reads 1e-4 so) becomes a float."""
     if not isinstance(raw, dict):
         raise InputError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in fields(cls)}
+    known, hints = {f.name: f for f in fields(cls)}, hints_of(cls)
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise InputError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
@@ -72,6 +88,8 @@ def build_config(cls, raw: dict, where: str, default=None):
                 value = float(value)
             except ValueError:
                 raise InputError(f"{where}: {name} must be a number, got {value!r}") from None
+        elif name in hints and (wanted := type_problem(value, hints[name])):  # before any stage runs
+            raise InputError(f"{where}: {name} must be {wanted}, got {value!r}")
         kwargs[name] = value
     return replace(default, **kwargs) if default is not None else cls(**kwargs)
 

@@ -167,11 +167,14 @@ def render_hint(tokenizer, problem_prompt: str, hint: str) -> str:
 
 
 def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem],
-                      cfg: PrefixConfig | None = None, calibration: list[dict] | None = None) -> list[dict]:
+                      cfg: PrefixConfig | None = None, calibration: list[dict] | None = None,
+                      shortened: list[dict] | None = None) -> list[dict]:
     """Training rows: `cuts_per_trace` prefixed rows per trace and `unprefixed_per_problem` plain
     rows per problem with a trace. Each row keeps its problem id, prefix fraction and prefix
     token count (after fit_prefix), so every metric can be split by them. Traces are text,
-    whichever model wrote them: they are cut in this tokenizer's (the policy's) tokens."""
+    whichever model wrote them: they are cut in this tokenizer's (the policy's) tokens.
+    `shortened`: if given, gets {trace, problem_id, cut, kept} for each prefix that on_too_long
+    "truncate" cut shorter (see shortening_report)."""
     cfg = cfg or PrefixConfig()
     if cfg.policy == "adaptive":
         if calibration is None:
@@ -193,14 +196,33 @@ def prefixed_problems(tokenizer, traces: list[dict], problems: dict[str, Problem
             points = [round(fractions[index] * len(offsets))] * cfg.cuts_per_trace  # keeps the mix's ratio
         else:
             points = cut_points(cfg, text, offsets, rng)
-        for h in points:
-            h = fit_prefix(tokenizer, problems[pid].prompt, text, offsets, h, cfg, f"trace {index} (problem {pid!r})")
+        for cut in points:
+            h = fit_prefix(tokenizer, problems[pid].prompt, text, offsets, cut, cfg, f"trace {index} (problem {pid!r})")
+            if h < cut and shortened is not None:
+                shortened.append({"trace": index, "problem_id": pid, "cut": cut, "kept": h})
             prefix = prefix_at(text, offsets, h)
             rows.append(_row(tokenizer, problems[pid], prefix, h, h / max(1, len(offsets)), index))
     for pid in with_trace:
         fit_prefix(tokenizer, problems[pid].prompt, "", [], 0, cfg, f"problem {pid!r}")  # the plain prompt must fit too
         rows += [_row(tokenizer, problems[pid], "", 0, 0.0, None)] * cfg.unprefixed_per_problem
     return rows
+
+
+def shortening_report(shortened: list[dict], rows: list[dict], limit: int | None) -> str:
+    """What on_too_long="truncate" did, in one line ('' if nothing): prefixes cut shorter, and the
+    rows that now repeat another cut of the same trace (two cuts past the limit both end at it,
+    so that prefix is trained on twice)."""
+    if not shortened:
+        return ""
+    seen, repeated = set(), 0
+    for row in rows:
+        key = (row["trace_index"], row["prefix_tokens"])
+        if row["prefixed"]:
+            repeated += key in seen
+            seen.add(key)
+    return (f"--on-too-long truncate shortened {len(shortened)} of {sum(r['prefixed'] for r in rows)} prefixes to fit "
+            f"max_prompt_length {limit} (traces {sorted({s['trace'] for s in shortened})[:10]}); {repeated} "
+            "prefixed rows now repeat another cut of their trace")
 
 
 def _row(tokenizer, problem: Problem, prefix: str, h: int, fraction: float, trace_index: int | None) -> dict:

@@ -17,7 +17,7 @@ from prefixrl.evaluate import default_ks, pass_at_k, score_problems, summarize
 from prefixrl.files import atomic_write_text, write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import Sampler
-from prefixrl.runinfo import write_manifest
+from prefixrl.runinfo import run_folder, sampling_identity, write_manifest
 from prefixrl.tasks import Problem, Task, task_args
 
 
@@ -27,7 +27,12 @@ def screen(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str |
     k = k or n
     if not 1 <= k <= n:
         raise ValueError(f"screen needs 1 <= k <= n, got k={k}, n={n}")
-    out_dir = Path(out_dir)
+    with run_folder(out_dir, "screen", sampling_identity(task, sampler, n=n, seed=seed)):  # probes --out first
+        return _screen(task, sampler, problems, Path(out_dir), n, k, seed, quiet)
+
+
+def _screen(task: Task, sampler: Sampler, problems: list[Problem], out_dir: Path, n: int, k: int, seed: int,
+            quiet: bool) -> list[Problem]:
     start = time.time()
     rows = score_problems(task, sampler, problems, n, out_dir, seed=seed, stage="screen", quiet=quiet)
     hard = [p for p, row in zip(problems, rows) if pass_at_k(n, row["correct"], k) == 0.0]

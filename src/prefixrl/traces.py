@@ -21,7 +21,7 @@ from prefixrl.files import AppendLog, InputError, atomic_write_text, iter_record
 from prefixrl.flops import FlopsLedger, inference_flops
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
-from prefixrl.runinfo import write_manifest
+from prefixrl.runinfo import run_folder, sampling_identity, write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
 
 
@@ -50,9 +50,15 @@ class ProblemProgress:
 
 def collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str | Path,
             cfg: CollectConfig | None = None, source: str = "", quiet: bool = False) -> list[dict]:
-    """Rejection-sample traces for `problems`; returns the trace store's rows."""
+    """Rejection-sample traces for `problems`; returns the trace store's rows for them (imported ones
+    included). The folder is this model's and seed's: a rerun with others is refused."""
     cfg = cfg or CollectConfig()
-    out_dir = Path(out_dir)
+    with run_folder(out_dir, "collect", sampling_identity(task, sampler, seed=cfg.seed)):
+        return _collect(task, sampler, problems, Path(out_dir), cfg, source, quiet)
+
+
+def _collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: Path, cfg: CollectConfig, source: str,
+             quiet: bool) -> list[dict]:
     start = time.time()
     log = AppendLog(out_dir / "rounds.jsonl")
     progress = {p.id: ProblemProgress() for p in problems}
@@ -85,6 +91,7 @@ def collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str 
             rate = sum(len(s) for s in samples) / max(time.time() - t0, 1e-9)
             bar.update(bar_id, completed=sum(map(finished, problems)), rate=_rate_text(progress, rate))
     traces = [t for row in log.rows for event in row["events"] for t in event["traces"]]
+    traces += _imported(out_dir / "traces.jsonl", traces)
     write_jsonl(out_dir / "traces.jsonl", traces)
     summary = _summary(problems, progress, sampler.n_params)
     ledger = FlopsLedger(out_dir / "flops.json", fresh=True)
@@ -94,7 +101,21 @@ def collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: str 
     write_manifest(out_dir, stage="collect", config={"task": task.name, "task_args": task_args(task), **asdict(cfg),
                    "source": source, "sampling": vars(sampler.params)}, seed=cfg.seed, flops=summary["flops"],
                    wall_time_s=time.time() - start, task=task)
-    return traces
+    wanted = {p.id for p in problems}
+    return [t for t in traces if t["problem_id"] in wanted]
+
+
+def _imported(store: Path, collected: list[dict]) -> list[dict]:
+    """The traces `prefixrl import` added to the store: the store is rebuilt from rounds.jsonl,
+    which holds only the collected ones, so these are carried over (once each)."""
+    seen = {(t["problem_id"], t["completion"]) for t in collected}
+    kept = []
+    for trace in load_traces(store) if store.exists() else []:
+        key = (trace["problem_id"], trace["completion"])
+        if trace.get("origin") != "collect" and key not in seen:
+            seen.add(key)
+            kept.append(trace)
+    return kept
 
 
 def _round_event(task: Task, problem: Problem, samples, prog: ProblemProgress, cfg: CollectConfig,

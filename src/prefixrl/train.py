@@ -49,7 +49,7 @@ from prefixrl.files import AppendLog, InputError, atomic_write_text
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
-from prefixrl.runinfo import write_manifest
+from prefixrl.runinfo import differences, write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
 
 # TRL calls transformers' renamed gradient_checkpointing API: its FutureWarnings say nothing to a
@@ -341,6 +341,13 @@ class PrefixRLTrainer(GRPOTrainer):
         if self.args.should_save and checkpoint.is_dir():
             FlopsLedger(checkpoint / "flops.json").merge(self.flops_ledger)
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A checkpoint of a model with tied weights has no lm_head.weight (it is the embedding,
+        saved once): not a missing key on resume, so not a warning that alarms for nothing."""
+        tied = set(getattr(self.model, "all_tied_weights_keys", None) or ())
+        load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result)
+
     @contextmanager
     def full_model(self):
         """The policy with all its weights in this process, for sampling outside TRL's rollouts
@@ -527,10 +534,8 @@ def _check_same_config(out_dir: Path, cfg: TrainConfig) -> None:
     path = out_dir / "config.json"
     if not path.exists():
         return
-    stored, wanted = json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg)))
-    changed = sorted(k for k in stored.keys() & wanted.keys() if k != "progress_bar" and stored[k] != wanted[k])
-    if changed:
-        diff = ", ".join(f"{k}: {stored[k]!r} -> {wanted[k]!r}" for k in changed)
+    diff = differences(json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg))), ignore=("progress_bar",))
+    if diff:
         raise InputError(f"{out_dir} holds a run started with other settings ({diff}): pass another output "
                          f"folder, or delete this one to start it over")
 

@@ -93,7 +93,11 @@ def load_task(name: str, **kwargs) -> Task:
                              "a task of your own is given as `module:Class`.")
         cls = tasks[name]
     _check_options(name, cls, kwargs)
-    task = cls(**kwargs)
+    try:
+        task = cls(**kwargs)
+    except TypeError as err:  # an option of a type the task cannot use, in a task without annotations
+        raise ValueError(f"task {name!r} cannot use the options {kwargs}: {err}. Fix the --task-arg values "
+                         "(in a config: task_args)") from err
     missing = [a for a in ("name", "strategy_markers", "problems", "verify", "corpus")
                if not hasattr(task, a)]
     if missing:
@@ -103,6 +107,14 @@ def load_task(name: str, **kwargs) -> Task:
     except AttributeError:  # a task class with __slots__ or read-only attributes
         pass
     return task
+
+
+def check_sizes(name: str, sizes: dict[str, int]) -> None:
+    """A generated task's split sizes (n_train, n_heldout, n_easy) are counts: a negative one would
+    silently shift the held-out problems (a slice with a negative end)."""
+    for split, size in sizes.items():
+        if size < 0:
+            raise ValueError(f"task {name!r}: n_{split} must be >= 0, got {size}: fix --task-arg n_{split}=N")
 
 
 def task_args(task: Task) -> dict:
@@ -146,6 +158,13 @@ def _check_options(name: str, cls: type, kwargs: dict) -> None:
         problem = f"has no option {unknown}" if unknown else f"needs the option {missing}"
         raise ValueError(f"task {name!r} {problem}: its options are {list(params)}. Set one with "
                          "--task-arg KEY=VALUE (in a config: task_args: {KEY: VALUE})")
+    from prefixrl.typecheck import hints_of, type_problem
+
+    hints = hints_of(cls.__init__)
+    for key, value in kwargs.items():
+        if key in hints and (wanted := type_problem(value, hints[key])):  # a TypeError deep in the task otherwise
+            raise ValueError(f"task {name!r}: option {key} must be {wanted}, got {value!r}: fix --task-arg "
+                             f"{key}=VALUE (in a config: task_args: {{{key}: VALUE}})")
 
 
 SPLITS = ("train", "heldout", "easy")

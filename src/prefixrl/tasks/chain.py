@@ -35,7 +35,7 @@ from __future__ import annotations
 import random
 import re
 
-from prefixrl.tasks import Problem, Verdict
+from prefixrl.tasks import Problem, Verdict, check_sizes
 
 _SOLUTION = re.compile(r" ([PQ])((?: [LR]\d\d/\d+)*) =(\d\d)\.", re.ASCII)  # ASCII: int() reads other scripts' digits
 _MOVE = re.compile(r" ([LR])(\d)(\d)/(\d+)", re.ASCII)
@@ -70,6 +70,7 @@ class ChainTask:
         self.rule_bias = rule_bias
         self.sizes = {"train": n_train, "heldout": n_heldout, "easy": n_easy, "validation": n_validation}
         self.seed = seed
+        check_sizes(self.name, self.sizes)
         if n_train + n_heldout + n_validation > 100 * len(self.hard):
             raise ValueError(f"chain has only {100 * len(self.hard)} hard problems: lower n_train/n_heldout/n_validation")
 

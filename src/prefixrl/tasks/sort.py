@@ -19,7 +19,7 @@ import random
 import re
 from functools import lru_cache
 
-from prefixrl.tasks import Problem, Verdict
+from prefixrl.tasks import Problem, Verdict, check_sizes
 
 _SOLUTION = re.compile(r"((?: [1-9]:\d+/\d+)*) =(\d+)\.", re.ASCII)  # ASCII: int() reads other scripts' digits
 _STEP = re.compile(r" ([1-9]):(\d+)/(\d+)", re.ASCII)
@@ -53,6 +53,7 @@ class SortTask:
         self.n_digits, self.hard, self.easy = n_digits, tuple(hard), tuple(easy)
         self.sizes = {"train": n_train, "heldout": n_heldout, "easy": n_easy, "validation": n_validation}
         self.seed = seed
+        check_sizes(self.name, self.sizes)
         self._by_inversions: dict[int, list[tuple[int, ...]]] = {}
         for ranks in itertools.permutations(range(n_digits)):
             self._by_inversions.setdefault(inversions(ranks), []).append(ranks)
