@@ -138,18 +138,53 @@ def import_(store: Path = typer.Argument(..., help="Trace store folder (its trac
             file: Path = typer.Option(..., "--file", "-f", help="JSONL, Parquet, or a saved `datasets` folder."),
             task: str = TASK, task_arg: list[str] = TASK_ARGS,
             problem_column: str = typer.Option("problem_id", help="Field that holds the problem id."),
+            question_column: Optional[str] = typer.Option(None, help="Field that holds the question text: match "
+                                                          "records to problems by question (a dataset keyed by "
+                                                          "question; tried by default: question, problem, prompt)."),
+            text_column: Optional[str] = typer.Option(None, help="Field that holds the trace text (default: the "
+                                                      "first of completion, solution, text, response, output)."),
             source: str = typer.Option("import", help="Where the traces came from (recorded per trace).")):
-    """Add traces from other runs or model families: verified, deduplicated, rejects reported."""
+    """Add traces from other runs or model families: verified, deduplicated, rejects reported.
+    Exits with 2 when no record could be added (other than as a duplicate)."""
     from prefixrl.traces import import_traces
 
     try:
         report = import_traces(_task(task, task_arg), store / "traces.jsonl", file, source=source,
-                               problem_column=problem_column)
+                               problem_column=problem_column, text_column=text_column, question_column=question_column)
     except (ValueError, InputError) as err:
         _fail(err)
     for reject in report["rejected"]:
         console.print(f"[yellow]rejected[/yellow] {file}, line {reject['line']}: {reject['reason']}")
     console.print(f"imported {report['added']} traces into {report['store']}; rejected {len(report['rejected'])}")
+    if report["added"] == 0 and not all("duplicate" in r["reason"] for r in report["rejected"] or [{"reason": ""}]):
+        _fail(InputError(f"{file}: no trace imported (see the reasons above): fix the records, or name their fields "
+                         "with --problem-column, --question-column or --text-column"))
+
+
+@app.command()
+def reference(task: str = TASK, task_arg: list[str] = TASK_ARGS,
+              problems: str = typer.Option(..., help="JSONL of problems (e.g. screen's hard.jsonl) or a split."),
+              out: Path = typer.Option(Path("runs/traces"), help="Output folder (a trace store, as collect writes).")):
+    """Traces from the problems' own reference solutions (POPE-style), without rejection sampling:
+    each verified by the task, source "reference", no collection FLOPs (math: --task-arg
+    solution_column=solution; reasoning-gym: the dataset's answers)."""
+    from prefixrl.tasks import load_problems
+    from prefixrl.traces import reference_traces
+
+    try:
+        the_task = _task(task, task_arg)
+        traces = reference_traces(the_task, load_problems(the_task, problems), out)
+    except (ValueError, InputError) as err:
+        _fail(err)
+    summary = json.loads((out / "collect.json").read_text())
+    for row in summary["per_problem"]:
+        if not row["solved"]:
+            console.print(f"[yellow]no trace[/yellow] for {row['id']}: {row['reason']}")
+    if not traces:
+        _fail(InputError(f"{problems}: no problem has a correct reference solution (see above); collect traces "
+                         "by rejection sampling instead"))
+    console.print(f"reference: {len(traces)} traces of {summary['problems']} problems in {out / 'traces.jsonl'} "
+                  "(0 collection FLOPs)")
 
 
 @app.command()
