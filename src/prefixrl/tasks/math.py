@@ -10,6 +10,8 @@ column. A dotted column names a nested field, a number in it a list item (DAPO-M
 answer must be text (an answer may also be a number). `train` is the training file (the problems
 screened for hard ones), `heldout` a separate file never trained on, `easy` an optional third file.
 The prompt is the question followed by an instruction to put the final answer in \\boxed{}.
+A `solution_column` (MATH's `solution`) keeps each problem's worked solution: `prefixrl reference`
+makes those the trace store without rejection sampling.
 
 Verification: a solution whose one \\boxed{} holds the gold answer verbatim (up to spaces, `$`,
 \\left/\\right, \\dfrac) is correct at once. Anything else goes to math-verify, `parse` then
