@@ -35,6 +35,8 @@ MAX_NEW = typer.Option(160, help="Max tokens generated per sample.")
 BATCH = typer.Option(256, help="Sequences per generation batch.")
 SEED = typer.Option(0, help="Random seed.")
 QUIET = typer.Option(False, "--quiet", help="No progress bar.")
+REPORT_TO = typer.Option(None, "--report-to", help="Also log training to trackio, wandb or tensorboard "
+                         "(comma-separated; metrics.jsonl is always written). Default: none (or the config's).")
 
 
 def _fail(err: Exception) -> None:
@@ -290,7 +292,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                                                              "http://0.0.0.0:8000)."),
           vllm_gpu_memory_utilization: float = typer.Option(0.3, help="colocate: share of each GPU for vLLM."),
           vllm_tensor_parallel_size: int = typer.Option(1, help="colocate: GPUs per vLLM engine."),
-          max_completion_length: int = MAX_NEW, seed: int = SEED):
+          max_completion_length: int = MAX_NEW, seed: int = SEED, report_to: Optional[str] = REPORT_TO):
     """RL on prefixed problems (only the policy's own continuation is trained), or a baseline.
     Several GPUs: `accelerate launch --config_file configs/accelerate/... -m prefixrl.cli train ...`."""
     from prefixrl.files import read_jsonl
@@ -312,7 +314,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                           micro_batch_size=micro_batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                           use_vllm=use_vllm, vllm_mode=vllm_mode, vllm_server_base_url=vllm_server_base_url,
                           vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
-                          vllm_tensor_parallel_size=vllm_tensor_parallel_size)
+                          vllm_tensor_parallel_size=vllm_tensor_parallel_size, report_to=report_to or "none")
         by_id = problems_by_id(the_task)
         ids = list(dict.fromkeys(r["problem_id"] for r in rows))
         unknown = [pid for pid in ids if pid not in by_id]
@@ -355,12 +357,12 @@ def evaluate(model: str = typer.Argument(..., help="Model folder, or `builtin:TA
 @app.command()
 def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo configuration."),
          out: Path = typer.Option(Path("runs/demo"), help="Run folder (resumes if it exists)."),
-         quiet: bool = QUIET):
+         quiet: bool = QUIET, report_to: Optional[str] = REPORT_TO):
     """The whole pipeline on a built-in task, end to end on CPU."""
     from prefixrl.demo import run_demo
 
     try:
-        run_demo(config, out, quiet=quiet, console=console)
+        run_demo(config, out, quiet=quiet, console=console, report_to=report_to)
     except (ValueError, InputError) as err:
         _fail(err)
 
@@ -368,12 +370,12 @@ def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo confi
 @app.command()
 def experiment(config: Path = typer.Argument(..., help="Experiment configuration (e.g. configs/benchmark.yaml)."),
                out: Path = typer.Option(Path("runs/experiment"), help="Run folder (resumes if it exists)."),
-               quiet: bool = QUIET):
+               quiet: bool = QUIET, report_to: Optional[str] = REPORT_TO):
     """Methods x seeds at equal FLOPs budgets, then the report (curves, speedup, claims)."""
     from prefixrl.experiment import run_experiment
 
     try:
-        summary = run_experiment(config, out, quiet=quiet, console=console)
+        summary = run_experiment(config, out, quiet=quiet, console=console, report_to=report_to)
     except (ValueError, InputError) as err:
         _fail(err)
     for claim in summary["claims"]:

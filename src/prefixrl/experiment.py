@@ -63,9 +63,12 @@ class ExperimentConfig(PipelineConfig):
 
 
 def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False,
-                   console: Console | None = None) -> dict:
+                   console: Console | None = None, report_to: str | None = None) -> dict:
+    """report_to: the trackers every run also logs to (over the config's train.report_to)."""
     console = console or Console()
     cfg = ExperimentConfig.from_yaml(config_path)
+    if report_to:
+        cfg.train = replace(cfg.train, report_to=report_to)
     out = Path(out)
     start = time.time()
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))

@@ -79,7 +79,9 @@ def load_runs(run_dirs: dict[str, list[Path]]) -> dict[str, list[dict]]:
     """Per method, per seed: the run's evaluations and step metrics."""
     from prefixrl.files import read_jsonl
 
-    return {method: [{"eval": read_jsonl(d / "eval.jsonl"), "metrics": [r for r in read_jsonl(d / "metrics.jsonl")
+    from prefixrl.analysis import read_metrics
+
+    return {method: [{"eval": read_jsonl(d / "eval.jsonl"), "metrics": [r for r in read_metrics(d / "metrics.jsonl")
                                                                         if "flops/total" in r]} for d in dirs]
             for method, dirs in run_dirs.items()}
 
