@@ -370,14 +370,33 @@ def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo confi
 @app.command()
 def experiment(config: Path = typer.Argument(..., help="Experiment configuration (e.g. configs/benchmark.yaml)."),
                out: Path = typer.Option(Path("runs/experiment"), help="Run folder (resumes if it exists)."),
-               quiet: bool = QUIET, report_to: Optional[str] = REPORT_TO):
-    """Methods x seeds at equal FLOPs budgets, then the report (curves, speedup, claims)."""
-    from prefixrl.experiment import run_experiment
+               quiet: bool = QUIET, report_to: Optional[str] = REPORT_TO,
+               list_: bool = typer.Option(False, "--list", help="List the runs by index (and which have finished); "
+                                          "run nothing."),
+               prepare: bool = typer.Option(False, "--prepare", help="Only the shared data stages (screen, collect, "
+                                            "prefixes), which every --run reuses."),
+               run: Optional[int] = typer.Option(None, "--run", help="Train run I alone (an index of --list; a job "
+                                                 "of a Slurm array), after the shared data stages."),
+               report_only: bool = typer.Option(False, "--report-only", help="Only the report, from the finished "
+                                                "run folders.")):
+    """Methods x seeds at equal FLOPs budgets, then the report (curves, speedup, claims).
+    On a cluster: --prepare, then --run I for every I of --list (one job each), then --report-only."""
+    from prefixrl.experiment import list_runs, run_experiment
 
     try:
-        summary = run_experiment(config, out, quiet=quiet, console=console, report_to=report_to)
+        if sum([list_, prepare, run is not None, report_only]) > 1:
+            raise InputError("--list, --prepare, --run and --report-only are separate steps: give one at a time")
+        summary = {"runs": list_runs(config, out)} if list_ else run_experiment(
+            config, out, quiet=quiet, console=console, report_to=report_to, run=run, prepare_only=prepare,
+            report_only=report_only)
     except (ValueError, InputError) as err:
         _fail(err)
+    if list_ or prepare or run is not None:
+        for r in summary["runs"]:
+            console.print(f"{r['index']}\t{r['method']}\tseed {r['seed']}\t{r['folder']}\t"
+                          f"{'finished' if r['finished'] else 'to run'}")
+        console.print(f"{len(summary['runs'])} runs: --run 0 .. --run {len(summary['runs']) - 1}")
+        return
     for claim in summary["claims"]:
         console.print(f"[bold]{claim['status']}[/bold]: {claim['claim']} ({claim['evidence']})")
 
