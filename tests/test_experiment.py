@@ -315,7 +315,7 @@ def test_runs_one_by_one_then_the_report_equal_the_one_process_experiment(experi
 
     code, listed = cli("--list")
     assert code == 0 and "6 runs: --run 0 .. --run 5" in listed
-    assert "0 prefixrl seed 0" in listed and "4 sft-rl seed 0" in listed
+    assert f"0 prefixrl 0 {out}/runs/prefixrl/seed-0 to run" in listed and "4 sft-rl 0" in listed
     assert listed.count("to run") == 2
     code, refused = cli("--report-only")
     assert code == 2 and "runs 0 (prefixrl, seed 0), 3 (rl, seed 1) are not finished" in refused

@@ -392,9 +392,8 @@ def experiment(config: Path = typer.Argument(..., help="Experiment configuration
     except (ValueError, InputError) as err:
         _fail(err)
     if list_ or prepare or run is not None:
-        for r in summary["runs"]:
-            console.print(f"{r['index']}\t{r['method']}\tseed {r['seed']}\t{r['folder']}\t"
-                          f"{'finished' if r['finished'] else 'to run'}")
+        for r in summary["runs"]:  # plain tab-separated lines, for scripts (configs/slurm-experiment.sh)
+            print(f"{r['index']}\t{r['method']}\t{r['seed']}\t{r['folder']}\t{'finished' if r['finished'] else 'to run'}")
         console.print(f"{len(summary['runs'])} runs: --run 0 .. --run {len(summary['runs']) - 1}")
         return
     for claim in summary["claims"]:
