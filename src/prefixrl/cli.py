@@ -280,6 +280,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           eval_batch_size: int = typer.Option(512, help="Sequences per generation batch at each evaluation (lower "
                                               "it for long samples on big models)."),
           save_every: int = typer.Option(50, help="Steps between checkpoints (a killed run resumes from the last)."),
+          reliance_n: int = typer.Option(0, help="At each evaluation, samples per prefixed training row: each "
+                                         "training problem's success with its prefixes vs without (0: off)."),
           heldout: str = typer.Option("heldout", help="Held-out problems: split name or JSONL."),
           prior_flops: Optional[Path] = typer.Option(None, help="flops.json of earlier stages to charge (e.g. collect's)."),
           micro_batch_size: Optional[int] = typer.Option(None, help="Samples per process per forward/backward "
@@ -310,6 +312,7 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
                           loss_type=loss_type, scale_rewards=scale_rewards, beta=beta, is_truncation=is_truncation,
                           eval_every=eval_every, eval_n=eval_n, eval_batch_size=eval_batch_size, save_every=save_every,
+                          reliance_n=reliance_n,
                           max_completion_length=max_completion_length, seed=seed,
                           micro_batch_size=micro_batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                           use_vllm=use_vllm, vllm_mode=vllm_mode, vllm_server_base_url=vllm_server_base_url,

@@ -51,6 +51,7 @@ from prefixrl.files import AppendLog, InputError, atomic_write_text
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
+from prefixrl.reliance import prefix_reliance
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
 
@@ -77,6 +78,8 @@ class TrainConfig:
     eval_batch_size: int = 512  # sequences per generation batch when evaluating (and prefixrl-adaptive's
     # calibration): lower it for long samples on big models (512 x 16k tokens on an 8 B model run out of memory)
     save_every: int = 50  # steps between checkpoints (a killed run resumes from the last)
+    reliance_n: int = 0  # samples per prefixed training row at each evaluation: prefix reliance per problem
+    # (reliance.py: success with its prefixes vs without); 0: not measured
     budget_flops: float | None = None  # stop once the run's ledger (charged prior stages included) reaches it
     report_to: str = "none"  # trackers, comma-separated: trackio, wandb, tensorboard (metrics.jsonl is always written)
     progress_bar: bool = True  # TRL's step bar (off in experiment workers, which share one terminal)
@@ -407,8 +410,8 @@ class UnprefixedEval(TrainerCallback):
     policy, so that sharded weights (ZeRO-3, FSDP) can be gathered; only the main process writes."""
 
     def __init__(self, trainer_ref, task: Task, problem_sets: dict[str, list[Problem]], cfg: TrainConfig,
-                 out_dir: Path, ledger: FlopsLedger, prefix_rows: list[dict]):
-        self.trainer_ref, self.task, self.cfg = trainer_ref, task, cfg
+                 out_dir: Path, ledger: FlopsLedger, prefix_rows: list[dict], reliance_rows: list[dict] = ()):
+        self.trainer_ref, self.task, self.cfg, self.reliance_rows = trainer_ref, task, cfg, list(reliance_rows)
         self.out_dir, self.ledger, self.prefix_rows = out_dir, ledger, prefix_rows
         self.main = trainer_ref().accelerator.is_main_process
         # an empty set has no pass@1 (e.g. --task math without a heldout= file): evaluate the others
@@ -450,16 +453,21 @@ class UnprefixedEval(TrainerCallback):
         sampler = HFSampler(model, tokenizer, SamplingParams(
             temperature=self.cfg.eval_temperature, max_new_tokens=self.cfg.max_completion_length,
             batch_size=self.cfg.eval_batch_size))
-        row = {"step": step, "flops": self.ledger.total}
+        row, unprefixed = {"step": step, "flops": self.ledger.total}, {}
         for name, problems in self.problem_sets.items():
             scores = score_problems(self.task, sampler, problems, self.cfg.eval_n, evals / f"step-{step}-{name}",
                                     seed=self.cfg.seed * 100_003 + step, quiet=True)
             samples = sum(r["n"] for r in scores)
+            unprefixed.update({r["id"]: r["correct"] / r["n"] for r in scores})
             row[f"eval/{name}/pass@1"] = sum(r["correct"] for r in scores) / samples
             for strategy in self.task.strategy_markers:
                 row[f"eval/{name}/strategy/{strategy}"] = sum(r["strategies"].get(strategy, 0) for r in scores) / samples
         if self.prefix_rows:
             row["eval/prefix_nll"] = self._prefix_nll(model, tokenizer)
+        if self.reliance_rows and self.cfg.reliance_n:
+            problems = {p.id: p for ps in self.problem_sets.values() for p in ps}
+            row.update(prefix_reliance(self.task, sampler, self.reliance_rows, problems, unprefixed,
+                                       self.cfg.reliance_n, seed=self.cfg.seed * 100_003 + step))
         model.train(was_training)
         return row
 
@@ -642,7 +650,8 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         trainer.add_callback(BarOnly)
     evaluator = None
     if eval_problems and cfg.eval_every:  # eval_every 0: no evaluation at all, not even at the start and end
-        evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, nll_rows)
+        evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, nll_rows,
+                                   reliance_rows=[r for r in rows if r["prefixed"]])
         trainer.add_callback(evaluator)
         evaluator.evaluate(0)
     if cfg.budget_flops:
