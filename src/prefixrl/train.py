@@ -117,6 +117,8 @@ class TrainConfig:
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(f"TrainConfig.vllm_gpu_memory_utilization must be in (0, 1], "
                              f"got {self.vllm_gpu_memory_utilization}")
+        if self.reliance_n < 0:
+            raise ValueError(f"TrainConfig.reliance_n must be >= 0 (0: prefix reliance not measured), got {self.reliance_n}")
         report_to(self.report_to)  # an unknown or missing tracker: said before any work
 
 
@@ -511,7 +513,8 @@ def grpo_config(cfg: TrainConfig, out_dir: Path, processes: int | None = None) -
         scale_rewards=cfg.scale_rewards, beta=cfg.beta, num_iterations=1, temperature=cfg.temperature,
         top_k=0, top_p=1.0, max_completion_length=cfg.max_completion_length, seed=cfg.seed, data_seed=cfg.seed,
         bf16=use_bf16(cfg), gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
-        report_to=report_to(cfg.report_to), project="prefixrl", run_name=str(out_dir), logging_steps=1, save_strategy="steps", save_steps=cfg.save_every,
+        report_to=report_to(cfg.report_to), project="prefixrl", run_name=str(out_dir), logging_steps=1,
+        save_strategy="steps", save_steps=cfg.save_every,
         save_total_limit=2, save_only_model=False, disable_tqdm=not cfg.progress_bar, remove_unused_columns=False,
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_base_url,
         vllm_server_host=cfg.vllm_server_host, vllm_server_port=cfg.vllm_server_port,
