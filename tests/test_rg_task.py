@@ -158,3 +158,25 @@ def test_reference_traces_prefixes_and_training_offline(tmp_path):
     assert [m["step"] for m in steps] == [1, 2]
     assert [e["step"] for e in read_jsonl(tmp_path / "train" / "eval.jsonl")] == [0, 2]
     assert (tmp_path / "train" / "model" / "config.json").exists()
+
+
+def test_pipeline_with_reference_traces(tmp_path):
+    """A config's `traces: reference`: screen with the policy, then the hard problems' own solutions
+    as the traces (no rejection sampling, 0 collection FLOPs), then prefixes."""
+    from rich.console import Console
+
+    from prefixrl.generate import SamplingParams
+    from prefixrl.pipeline import PipelineConfig, ScreenConfig, prepare_data
+
+    tok = char_tokenizer()
+    tiny_model(tok, SMALL).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    cfg = PipelineConfig(task="rg:basic_arithmetic", model=str(tmp_path / "tiny"), traces="reference",
+                         task_args=dict(n_train=3, n_heldout=1, n_easy=1, instruction=SHORT, max_terms=3, max_digits=1),
+                         sampling=SamplingParams(max_new_tokens=16, batch_size=8), screen=ScreenConfig(n=2, k=2))
+    data = prepare_data(cfg, tmp_path / "run", Console(quiet=True), quiet=True, max_completion_length=24)
+    assert len(data.hard) == 3  # a random model solves nothing
+    assert [t["problem_id"] for t in data.traces] == [p.id for p in data.hard]
+    assert {t["origin"] for t in data.traces} == {"reference"} and data.collect_flops.total == 0.0
+    assert not (tmp_path / "run" / "traces" / "rounds.jsonl").exists()  # nothing was sampled
+    assert sum(r["prefixed"] for r in data.rows) == 9 and len(data.rows) == 12

@@ -269,13 +269,16 @@ def _interval(ci) -> str:
 def _experiment_markdown(cfg, data, summary: dict, has_markers: bool, has_reliance: bool = False) -> str:
     method, numbers = summary["method"], summary["headline"]
     n_params = data.sampler.n_params
+    traces = (f"their reference solutions gave verified traces for {len(data.solved)} (no collection FLOPs)."
+              if getattr(cfg, "traces", "collect") == "reference" else
+              f"rejection sampling (cap {cfg.collect.max_attempts}) found traces for {len(data.solved)}, spending "
+              f"{summary['collect_flops']:.3g} FLOPs (charged to every method that uses the traces).")
     parts = [
         f"# prefixrl experiment: {data.task.name}",
         "## Setup",
         f"Base model `{cfg.model}` ({n_params / 1e6:.2f} M parameters). Screened {len(data.screened)} problems "
-        f"(n = {cfg.screen.n}); {len(data.hard)} had pass@{cfg.screen.k} = 0; rejection sampling (cap "
-        f"{cfg.collect.max_attempts}) found traces for {len(data.solved)}, spending {summary['collect_flops']:.3g} FLOPs "
-        f"(charged to every method that uses the traces). Methods {', '.join(cfg.methods)}; seeds {cfg.seeds}; every "
+        f"(n = {cfg.screen.n}); {len(data.hard)} had pass@{cfg.screen.k} = 0; {traces} Methods "
+        f"{', '.join(cfg.methods)}; seeds {cfg.seeds}; every "
         f"run stopped at {cfg.budget_flops:.3g} FLOPs. RL: {cfg.train.problems_per_step} problems x "
         f"{cfg.train.num_generations} samples per step, lr {cfg.train.lr}, loss {cfg.train.loss_type}; unprefixed "
         f"evaluation every {cfg.train.eval_every} steps, {cfg.train.eval_n} samples per problem at temperature "
