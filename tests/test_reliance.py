@@ -1,8 +1,6 @@
 """Prefix reliance per training problem (HiLL's measure, reliance.py): success with its prefixes
 vs without, in training's evaluations, and its figure in the report."""
 
-import json
-
 import pytest
 import torch
 
@@ -39,7 +37,8 @@ def test_prefix_reliance_per_problem_by_hand(sort_task):
     right = {r["prompt"]: solve_sort(problems[r["problem_id"]].prompt)[len(r["prefix"]):] for r in rows}
     sampler = ContinuingSampler(right, good)
     result = prefix_reliance(sort_task, sampler, rows + rows, problems, {a.id: 0.25, b.id: 0.0}, n=4, seed=0)
-    assert result["reliance"] == {a.id: {"prefixed": 0.5, "unprefixed": 0.25}, b.id: {"prefixed": 0.25, "unprefixed": 0.0}}
+    assert result["reliance"] == {a.id: {"prefixed": 0.5, "unprefixed": 0.25},
+                                  b.id: {"prefixed": 0.25, "unprefixed": 0.0}}
     assert result["eval/reliance/prefixed_pass@1"] == pytest.approx(0.375)
     assert result["eval/reliance/unprefixed_pass@1"] == pytest.approx(0.125)
     assert result["eval/reliance/gap"] == pytest.approx(0.25)
@@ -83,4 +82,3 @@ def test_the_report_draws_prefix_reliance(tmp_path):
             "rl": [{"eval": [{"step": 0, "eval/hard/pass@1": 0.0}], "metrics": []}]}
     assert plot_prefix_reliance(runs, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
     assert plot_prefix_reliance({"rl": runs["rl"]}, tmp_path / "none.png") is None
-    assert json.dumps(runs)  # the figure reads what eval.jsonl holds: plain JSON

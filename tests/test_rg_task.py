@@ -165,7 +165,6 @@ def test_pipeline_with_reference_traces(tmp_path):
     as the traces (no rejection sampling, 0 collection FLOPs), then prefixes."""
     from rich.console import Console
 
-    from prefixrl.generate import SamplingParams
     from prefixrl.pipeline import PipelineConfig, ScreenConfig, prepare_data
 
     tok = char_tokenizer()

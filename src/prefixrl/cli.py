@@ -396,7 +396,8 @@ def experiment(config: Path = typer.Argument(..., help="Experiment configuration
         _fail(err)
     if list_ or prepare or run is not None:
         for r in summary["runs"]:  # plain tab-separated lines, for scripts (configs/slurm-experiment.sh)
-            print(f"{r['index']}\t{r['method']}\t{r['seed']}\t{r['folder']}\t{'finished' if r['finished'] else 'to run'}")
+            status = "finished" if r["finished"] else "to run"
+            print(f"{r['index']}\t{r['method']}\t{r['seed']}\t{r['folder']}\t{status}")
         console.print(f"{len(summary['runs'])} runs: --run 0 .. --run {len(summary['runs']) - 1}")
         return
     for claim in summary["claims"]:

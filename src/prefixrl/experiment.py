@@ -115,7 +115,8 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
             console.rule(f"run {run} of 0..{len(runs) - 1}: {runs[run][0]}, seed {runs[run][1]}")
             _run(*runs[run], cfg=cfg, out=out, data=_shared(data), evals=evals)
         return {"runs": list_runs(config_path, out)}
-    missing = [f"{r['index']} ({r['method']}, seed {r['seed']})" for r in list_runs(config_path, out) if not r["finished"]]
+    missing = [f"{r['index']} ({r['method']}, seed {r['seed']})" for r in list_runs(config_path, out)
+               if not r["finished"]]
     if report_only and missing:
         raise InputError(f"{out}: runs {', '.join(missing)} are not finished; run them (--run I), then --report-only")
     _train_all(cfg, out, data, evals, [] if report_only else runs, console, quiet)

@@ -118,7 +118,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.vllm_gpu_memory_utilization must be in (0, 1], "
                              f"got {self.vllm_gpu_memory_utilization}")
         if self.reliance_n < 0:
-            raise ValueError(f"TrainConfig.reliance_n must be >= 0 (0: prefix reliance not measured), got {self.reliance_n}")
+            raise ValueError(f"TrainConfig.reliance_n must be >= 0 (0: not measured), got {self.reliance_n}")
         report_to(self.report_to)  # an unknown or missing tracker: said before any work
 
 
@@ -445,7 +445,8 @@ class UnprefixedEval(TrainerCallback):
         if self.cfg.report_to != "none":  # to the trackers as eval/hard/pass@1 ...: the Trainer's own log,
             # not GRPOTrainer's, which would take the step's pending training metrics with it
             should_log = trainer.control.should_log  # logging resets it: the step's own log must still happen
-            Trainer.log(trainer, {"eval_" + k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")})
+            Trainer.log(trainer, {"eval_" + k.removeprefix("eval/"): v for k, v in row.items()
+                                  if k.startswith("eval/")})
             trainer.control.should_log = should_log
         return row
 

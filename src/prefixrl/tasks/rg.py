@@ -109,7 +109,8 @@ class ReasoningGymTask:
         fields = set(vars(factory.DATASETS[self.dataset][1]())) - {"seed", "size"}
         unknown = sorted(set(options) - fields)
         if unknown:
-            raise ValueError(f"task rg:{self.dataset} has no option {unknown}: its dataset options are {sorted(fields)}, "
+            raise ValueError(f"task rg:{self.dataset} has no option {unknown}: its dataset options are "
+                             f"{sorted(fields)}, "
                              "and n_train, n_heldout, n_easy, seed, level, easy_level, instruction, verify_timeout_s, "
                              "verify_workers. Set one with --task-arg KEY=VALUE")
         try:
