@@ -158,7 +158,8 @@ def import_(store: Path = typer.Argument(..., help="Trace store folder (its trac
     for reject in report["rejected"]:
         console.print(f"[yellow]rejected[/yellow] {file}, line {reject['line']}: {reject['reason']}")
     console.print(f"imported {report['added']} traces into {report['store']}; rejected {len(report['rejected'])}")
-    if report["added"] == 0 and not all("duplicate" in r["reason"] for r in report["rejected"] or [{"reason": ""}]):
+    rerun = bool(report["rejected"]) and all("duplicate" in r["reason"] for r in report["rejected"])  # idempotent
+    if report["added"] == 0 and not rerun:
         _fail(InputError(f"{file}: no trace imported (see the reasons above): fix the records, or name their fields "
                          "with --problem-column, --question-column or --text-column"))
 
