@@ -159,6 +159,9 @@ def test_cli_import_exits_2_when_nothing_was_imported(records, tmp_path):
     args = ["import", str(tmp_path / "store"), "--file", str(source), "--task", "sort"]
     assert CliRunner().invoke(app, args).exit_code == 0
     assert CliRunner().invoke(app, args).exit_code == 0  # importing the same file again: only duplicates, no error
+    (tmp_path / "empty.jsonl").write_text("\n")
+    empty = ["import", str(tmp_path / "store"), "--file", str(tmp_path / "empty.jsonl"), "--task", "sort"]
+    assert CliRunner().invoke(app, empty).exit_code == 2  # a file with no record imports nothing
 
 
 def test_reference_traces_from_a_math_solution_column(tmp_path):
