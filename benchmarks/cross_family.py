@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from prefixrl.analysis import mean_metric  # noqa: E402
+from prefixrl.analysis import mean_metric, read_metrics  # noqa: E402
 from prefixrl.experiment import ExperimentConfig, _init_worker  # noqa: E402
 from prefixrl.files import atomic_write_text, read_jsonl  # noqa: E402
 from prefixrl.methods import run_method  # noqa: E402
@@ -53,12 +53,12 @@ def train_one(name: str, task, model_path: str, rows: list[dict], traces: list[d
 
 
 def summarize(run: Path) -> dict:
-    curve, metrics = read_jsonl(run / "eval.jsonl"), read_jsonl(run / "metrics.jsonl")
+    curve, metrics = read_jsonl(run / "eval.jsonl"), read_metrics(run / "metrics.jsonl")
     last = curve[-1]
     return {"steps": [row["step"] for row in curve], "heldout_curve": [row["eval/heldout/pass@1"] for row in curve],
             "hard": (curve[0]["eval/hard/pass@1"], last["eval/hard/pass@1"]),
             "heldout": (curve[0]["eval/heldout/pass@1"], last["eval/heldout/pass@1"]),
-            "prefixed_reward": mean_metric(metrics, "reward_prefixed"),
+            "prefixed_reward": mean_metric(metrics, "prefixed/reward"),
             "q_share": (curve[0]["eval/heldout/strategy/carry"], last["eval/heldout/strategy/carry"])}
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prefixrl.analysis import mean_metric
+from prefixrl.analysis import mean_metric, read_metrics
 from prefixrl.files import read_jsonl
 from prefixrl.models import load_model, resolve_model
 from prefixrl.prefixes import PrefixConfig, prefixed_problems
@@ -54,14 +54,14 @@ def main():
     for method in args.methods:
         run_dir = out / method
         run_method(method, task, model_path, rows, run_dir, cfg, traces=traces, eval_problems=evals)
-        metrics, curve = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "eval.jsonl")
+        metrics, curve = read_metrics(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "eval.jsonl")
         results[method] = {
             "hard pass@1": (curve[0]["eval/hard/pass@1"], curve[-1]["eval/hard/pass@1"]),
             "heldout pass@1": (curve[0]["eval/heldout/pass@1"], curve[-1]["eval/heldout/pass@1"]),
-            "reward prefixed": mean_metric(metrics, "reward_prefixed"),
-            "reward unprefixed": mean_metric(metrics, "reward_unprefixed"),
-            "zero-adv groups": mean_metric(metrics, "zero_advantage_unprefixed") if method == "rl"
-            else mean_metric(metrics, "zero_advantage_prefixed"),
+            "reward prefixed": mean_metric(metrics, "prefixed/reward"),
+            "reward unprefixed": mean_metric(metrics, "unprefixed/reward"),
+            "zero-adv groups": mean_metric(metrics, "unprefixed/zero_advantage") if method == "rl"
+            else mean_metric(metrics, "prefixed/zero_advantage"),
         }
     print(f"\n{args.task}: {len(solved)} hard problems with a trace, {args.steps} steps, "
           f"{cfg.problems_per_step} problems x {cfg.num_generations} samples, lr {args.lr}\n")

@@ -81,8 +81,8 @@ def test_prefixrl_raises_unprefixed_pass_at_1_on_demo_problems(chain_task, demo,
     assert final >= max(MIN_FINAL, base + MIN_GAIN, 5 * base), \
         f"unprefixed pass@1 on the {N_TRACES} trained problems: {base:.3f} -> {final:.3f} ({evals})"
 
-    metrics = [row for row in read_jsonl(tmp_path / "metrics.jsonl") if "reward_prefixed" in row]
+    metrics = [row for row in read_jsonl(tmp_path / "metrics.jsonl") if "prefixed/reward" in row]
     quarter = len(metrics) // 4
-    first = sum(r["reward_prefixed"] for r in metrics[:quarter]) / quarter
-    last = sum(r["reward_prefixed"] for r in metrics[-quarter:]) / quarter
+    first = sum(r["prefixed/reward"] for r in metrics[:quarter]) / quarter
+    last = sum(r["prefixed/reward"] for r in metrics[-quarter:]) / quarter
     assert last > first + PREFIXED_GAIN, f"prefixed reward, first vs last quarter of training: {first:.3f} -> {last:.3f}"

@@ -295,3 +295,43 @@ def test_a_failed_run_is_named_at_once_and_the_others_go_on(tmp_path, workers):
     assert "run hint, seed 0 failed" in printed.getvalue()
     assert (tmp_path / "out" / "runs" / "prefixrl-only" / "seed-0" / "model").is_dir()  # ran after the failure
     assert not (tmp_path / "out" / "report").exists()
+
+
+def test_runs_one_by_one_then_the_report_equal_the_one_process_experiment(experiment, tmp_path):
+    """The cluster path: two runs as separate invocations (`--run I`, reusing the shared data
+    stages on disk), then `--report-only`: the same report as the one-process experiment's."""
+    from typer.testing import CliRunner
+
+    from prefixrl.cli import app
+
+    folder, summary = experiment
+    out = tmp_path / "out"
+    shutil.copytree(folder / "out", out)
+    for method, seed in (("prefixrl", 0), ("rl", 1)):
+        shutil.rmtree(out / "runs" / method / f"seed-{seed}")
+    shutil.rmtree(out / "calibration" / "prefixrl")
+    shutil.rmtree(out / "report")
+    logs = [out / "screen" / "scores.jsonl", out / "traces" / "rounds.jsonl", out / "prefixes" / "train.jsonl"]
+    data = [path.read_bytes() for path in logs]
+
+    def cli(*args):
+        result = CliRunner().invoke(app, ["experiment", str(folder / "config.yaml"), "--out", str(out), "--quiet",
+                                          *args], env={"COLUMNS": "300"})
+        return result.exit_code, " ".join(result.output.split())
+
+    code, listed = cli("--list")
+    assert code == 0 and "6 runs: --run 0 .. --run 5" in listed
+    assert f"0 prefixrl 0 {out}/runs/prefixrl/seed-0 to run" in listed and "4 sft-rl 0" in listed
+    assert listed.count("to run") == 2
+    code, refused = cli("--report-only")
+    assert code == 2 and "runs 0 (prefixrl, seed 0), 3 (rl, seed 1) are not finished" in refused
+    assert cli("--run", "6")[0] == 2
+    for index in (0, 3):
+        code, output = cli("--run", str(index))
+        assert code == 0, output
+    assert [path.read_bytes() for path in logs] == data  # screened and collected once: nothing sampled again
+    code, output = cli("--report-only")
+    assert code == 0, output
+    report, one_process = (json.loads((o / "report" / "summary.json").read_text()) for o in (out, folder / "out"))
+    assert report == one_process and report["headline"] == json.loads(json.dumps(summary["headline"]))
+    assert (out / "report" / "README.md").read_text() == (folder / "out" / "report" / "README.md").read_text()

@@ -106,3 +106,82 @@ def test_cli_import_prints_rejected_lines(records, tmp_path):
     bad = CliRunner().invoke(app, ["import", str(tmp_path / "store"), "--file", str(tmp_path / "nope.jsonl")],
                              env={"COLUMNS": "400"})
     assert bad.exit_code == 2 and "no such file" in bad.output
+
+
+def test_a_line_that_is_not_utf8_is_skipped_by_its_number(sort_task, records, tmp_path):
+    source = tmp_path / "mixed.jsonl"
+    lines = [json.dumps(r).encode() for r in (records[0], records[6])]
+    source.write_bytes(lines[0] + b"\n" + b'{"problem_id": "caf\xe9"}\n' + lines[1] + b"\n")
+    report = import_traces(sort_task, tmp_path / "traces.jsonl", source)
+    assert report["added"] == 2
+    assert [(r["line"], "line 2: not UTF-8 text (byte 0xe9" in r["reason"]) for r in report["rejected"]] == [(2, True)]
+
+
+def test_a_dataset_keyed_by_question_text_imports(tmp_path):
+    """MATH-style rows (problem, solution): matched to the task's problems by question, up to
+    spacing; the trace text from a named field or one of response/output."""
+    from prefixrl.tasks import load_task
+
+    task = load_task("math", train="tests/data/math_problems.jsonl", id_column="id")
+    try:
+        a, b, c = task.problems("train")[:3]
+        rows = [{"problem": "  " + a.prompt.split("\n\nPlease")[0].replace(" ", "  ") + "\n",
+                 "response": "So the value is $\\boxed{24}$."},
+                {"question": task.question_of(b), "output": "\\boxed{\\frac{1}{2}}"},
+                {"question": "What is 1 + 1?", "response": "\\boxed{2}"},  # no such problem
+                {"prompt": c.prompt, "response": "\\boxed{7}"}]  # the whole prompt matches too; wrong answer
+        write_lines(tmp_path / "q.jsonl", [json.dumps(r) for r in rows])
+        report = import_traces(task, tmp_path / "traces.jsonl", tmp_path / "q.jsonl")
+        assert report["added"] == 2, report
+        assert [(r["line"], r["reason"].split(" (")[0]) for r in report["rejected"]] == [
+            (3, "no problem of task 'math' has the question in field 'question'"),
+            (4, "the trace fails verification")]
+        assert [t["problem_id"] for t in load_traces(tmp_path / "traces.jsonl")] == [a.id, b.id]
+        named = [{"q": task.question_of(c), "answer_text": "\\boxed{(2, 3)}", "problem": "not this one"}]
+        write_lines(tmp_path / "named.jsonl", [json.dumps(r) for r in named])
+        report = import_traces(task, tmp_path / "traces.jsonl", tmp_path / "named.jsonl", question_column="q",
+                               text_column="answer_text")
+        assert report["added"] == 1 and load_traces(tmp_path / "traces.jsonl")[-1]["problem_id"] == c.id
+    finally:
+        task.close()
+
+
+def test_cli_import_exits_2_when_nothing_was_imported(records, tmp_path):
+    from prefixrl.cli import app
+
+    source = tmp_path / "bad.jsonl"
+    write_lines(source, [json.dumps(records[2]), json.dumps({"id": 3, "output": "x"})])
+    result = CliRunner().invoke(app, ["import", str(tmp_path / "store"), "--file", str(source), "--task", "sort"],
+                                env={"COLUMNS": "400"})
+    assert result.exit_code == 2, result.output
+    assert "--question-column FIELD" in result.output and "no trace imported" in result.output
+    write_lines(source, [json.dumps(records[0])])
+    args = ["import", str(tmp_path / "store"), "--file", str(source), "--task", "sort"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0  # importing the same file again: only duplicates, no error
+    (tmp_path / "empty.jsonl").write_text("\n")
+    empty = ["import", str(tmp_path / "store"), "--file", str(tmp_path / "empty.jsonl"), "--task", "sort"]
+    assert CliRunner().invoke(app, empty).exit_code == 2  # a file with no record imports nothing
+
+
+def test_reference_traces_from_a_math_solution_column(tmp_path):
+    from prefixrl.tasks import load_task
+    from prefixrl.traces import reference_traces
+
+    rows = [{"problem": "What is 2 + 3?", "answer": "5", "solution": "2 + 3 = \\boxed{5}"},
+            {"problem": "What is 2 * 3?", "answer": "6", "solution": "2 * 3 = \\boxed{5}"},  # a wrong solution
+            {"problem": "What is 2 - 3?", "answer": "-1", "solution": "2 - 3 = \\boxed{-1}"}]
+    write_lines(tmp_path / "train.jsonl", [json.dumps(r) for r in rows])
+    task = load_task("math", train=str(tmp_path / "train.jsonl"), solution_column="solution")
+    try:
+        problems = task.problems("train")
+        traces = reference_traces(task, problems, tmp_path / "traces")
+    finally:
+        task.close()
+    assert [t["completion"] for t in traces] == [rows[0]["solution"], rows[2]["solution"]]
+    assert {(t["origin"], t["source"]) for t in traces} == {("reference", "reference")}
+    summary = json.loads((tmp_path / "traces" / "collect.json").read_text())
+    assert (summary["solved"], summary["flops"]) == (2, 0.0)
+    assert [r["reason"] for r in summary["per_problem"]] == [None, "fails verification", None]
+    assert json.loads((tmp_path / "traces" / "flops.json").read_text())["total"] == 0.0
+    assert load_traces(tmp_path / "traces" / "traces.jsonl") == traces

@@ -323,7 +323,7 @@ def test_every_method_runs_end_to_end(setup, runs, adaptive_run, method):
         completions = sum(n for r in run.rollouts for n in r["lengths"])
         assert ledger["stages"]["rollouts"]["inference_tokens"] == prompts + completions
         assert prompts == generations * sum(len(p.prompt) for p in setup.problems.values())
-        assert all(r["reward_unprefixed"] == 0.0 for r in losses)  # a random model never sorts
+        assert all(r["unprefixed/reward"] == 0.0 for r in losses)  # a random model never sorts
 
     if method == "sft-rl":
         assert (out / "sft" / "model" / "config.json").exists() and (out / "sft" / "manifest.json").exists()
@@ -338,7 +338,7 @@ def test_every_method_runs_end_to_end(setup, runs, adaptive_run, method):
         for rollout in run.rollouts:
             for i, (x, text) in enumerate(zip(rollout["inputs"], rollout["completions"])):
                 assert (text == solve_sort(setup.problems[x["problem_id"]].prompt)) == (i % 2 == 1)
-        assert all(r["reward_unprefixed"] == 0.5 for r in losses)
+        assert all(r["unprefixed/reward"] == 0.5 for r in losses)
         forward = sum(len(setup.tok(p.prompt)["input_ids"]) + 98 for p in setup.problems.values())
         assert ledger["stages"]["behaviour_forward"]["inference_tokens"] == forward
         assert all(("importance_weight/mean" in r) == (method == "offpolicy-is") for r in losses)

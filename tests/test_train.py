@@ -142,11 +142,11 @@ def test_metrics_split_by_prefixed_groups(setup, sort_task, tmp_path):
                                          [setup.tok(c)["input_ids"] for c in completions])
     assert rewards.squeeze(1).tolist() == [1, 0, 0, 0, 1, 1, 1, 0]
     metrics = trainer._metrics["train"]
-    assert metrics["reward_prefixed"] == [0.75] and metrics["zero_advantage_prefixed"] == [0.5]
-    assert metrics["reward_unprefixed"] == [0.25] and metrics["zero_advantage_unprefixed"] == [0.5]
+    assert metrics["prefixed/reward"] == [0.75] and metrics["prefixed/zero_advantage"] == [0.5]
+    assert metrics["unprefixed/reward"] == [0.25] and metrics["unprefixed/zero_advantage"] == [0.5]
     trainer._calculate_rewards(inputs[2:4], [x["prompt"] for x in inputs[2:4]], completions[2:4], [[1], [1]])
-    assert metrics["reward_unprefixed"] == [0.25, 0.0] and metrics["zero_advantage_unprefixed"] == [0.5, 1.0]
-    assert metrics["reward_prefixed"] == [0.75]  # no prefixed group: nothing logged for them
+    assert metrics["unprefixed/reward"] == [0.25, 0.0] and metrics["unprefixed/zero_advantage"] == [0.5, 1.0]
+    assert metrics["prefixed/reward"] == [0.75]  # no prefixed group: nothing logged for them
 
 
 CFG = TrainConfig(steps=2, problems_per_step=2, num_generations=2, max_completion_length=MAX_LEN, eval_every=1,
@@ -177,7 +177,7 @@ def test_end_to_end_run(setup, trained):
     assert [r["step"] for r in steps] == [1, 2]
     for r in steps:
         assert torch.isfinite(torch.tensor(r["loss"])) and r["grad_norm"] > 0  # mixed groups: a real gradient
-        assert [r[f"zero_advantage_{k}"] for k in ("prefixed", "unprefixed") if f"reward_{k}" in r] in ([0.0], [0.0, 0.0])
+        assert [r[f"{k}/zero_advantage"] for k in ("prefixed", "unprefixed") if f"{k}/reward" in r] in ([0.0], [0.0, 0.0])
     assert steps[0]["flops/total"] < steps[1]["flops/total"]
     evals = read(trained / "eval.jsonl")
     assert [r["step"] for r in evals] == [0, 1, 2]
@@ -269,8 +269,8 @@ def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setu
     assert torch.allclose(parts["prefixed"] + parts["unprefixed"], whole, rtol=1e-4, atol=1e-7)
     metrics = trainer._metrics["train"]
     for name, grad in parts.items():
-        assert metrics[f"grad_norm_{name}"] == [pytest.approx(grad.norm().item(), rel=1e-4)]
-        assert metrics[f"entropy_{name}"] and all(0 < e < 5 for e in metrics[f"entropy_{name}"])
+        assert metrics[f"{name}/grad_norm"] == [pytest.approx(grad.norm().item(), rel=1e-4)]
+        assert metrics[f"{name}/entropy"] and all(0 < e < 5 for e in metrics[f"{name}/entropy"])
 
 
 @pytest.mark.parametrize("weight", ["is", "luffy"])

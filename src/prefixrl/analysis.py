@@ -94,3 +94,15 @@ def mean_metric(rows: list[dict], key: str) -> float:
     """Mean of `key` over the logged rows that have it (NaN if none do)."""
     values = [row[key] for row in rows if key in row]
     return float(np.mean(values)) if values else float("nan")
+
+
+# metrics.jsonl before the names were namespaced the way TRL / verl users read them (prefixed/reward)
+OLD_METRIC_NAMES = {f"{old}_{part}": f"{part}/{old}" for old in ("reward", "zero_advantage", "grad_norm", "entropy")
+                    for part in ("prefixed", "unprefixed")}
+
+
+def read_metrics(path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, an older run's metric names read as today's."""
+    from prefixrl.files import read_jsonl
+
+    return [{OLD_METRIC_NAMES.get(key, key): value for key, value in row.items()} for row in read_jsonl(path)]

@@ -42,6 +42,8 @@ MAX_COMPLETION = typer.Option(None, help="Tokens the policy generates after a pr
 BATCH = typer.Option(256, help="Sequences per generation batch.")
 SEED = typer.Option(0, help="Random seed.")
 QUIET = typer.Option(False, "--quiet", help="No progress bar.")
+REPORT_TO = typer.Option(None, "--report-to", help="Also log training to trackio, wandb or tensorboard "
+                         "(comma-separated; metrics.jsonl is always written). Default: none (or the config's).")
 
 
 def _fail(err: Exception) -> None:
@@ -152,18 +154,54 @@ def import_(store: Path = typer.Argument(..., help="Trace store folder (its trac
             file: Path = typer.Option(..., "--file", "-f", help="JSONL, Parquet, or a saved `datasets` folder."),
             task: str = TASK, task_arg: list[str] = TASK_ARGS,
             problem_column: str = typer.Option("problem_id", help="Field that holds the problem id."),
+            question_column: Optional[str] = typer.Option(None, help="Field that holds the question text: match "
+                                                          "records to problems by question (a dataset keyed by "
+                                                          "question; tried by default: question, problem, prompt)."),
+            text_column: Optional[str] = typer.Option(None, help="Field that holds the trace text (default: the "
+                                                      "first of completion, solution, text, response, output)."),
             source: str = typer.Option("import", help="Where the traces came from (recorded per trace).")):
-    """Add traces from other runs or model families: verified, deduplicated, rejects reported."""
+    """Add traces from other runs or model families: verified, deduplicated, rejects reported.
+    Exits with 2 when no record could be added (other than as a duplicate)."""
     from prefixrl.traces import import_traces
 
     try:
         report = import_traces(_task(task, task_arg), store / "traces.jsonl", file, source=source,
-                               problem_column=problem_column)
+                               problem_column=problem_column, text_column=text_column, question_column=question_column)
     except (ValueError, InputError) as err:
         _fail(err)
     for reject in report["rejected"]:
         console.print(f"[yellow]rejected[/yellow] {file}, line {reject['line']}: {reject['reason']}")
     console.print(f"imported {report['added']} traces into {report['store']}; rejected {len(report['rejected'])}")
+    rerun = bool(report["rejected"]) and all("duplicate" in r["reason"] for r in report["rejected"])  # idempotent
+    if report["added"] == 0 and not rerun:
+        _fail(InputError(f"{file}: no trace imported (see the reasons above): fix the records, or name their fields "
+                         "with --problem-column, --question-column or --text-column"))
+
+
+@app.command()
+def reference(task: str = TASK, task_arg: list[str] = TASK_ARGS,
+              problems: str = typer.Option(..., help="JSONL of problems (e.g. screen's hard.jsonl) or a split."),
+              out: Path = typer.Option(Path("runs/traces"), help="Output folder (a trace store, as collect writes).")):
+    """Traces from the problems' own reference solutions (POPE-style), without rejection sampling:
+    each verified by the task, source "reference", no collection FLOPs (math: --task-arg
+    solution_column=solution; reasoning-gym: the dataset's answers)."""
+    from prefixrl.tasks import load_problems
+    from prefixrl.traces import reference_traces
+
+    try:
+        the_task = _task(task, task_arg)
+        traces = reference_traces(the_task, load_problems(the_task, problems), out)
+    except (ValueError, InputError) as err:
+        _fail(err)
+    summary = json.loads((out / "collect.json").read_text())
+    for row in summary["per_problem"]:
+        if not row["solved"]:
+            console.print(f"[yellow]no trace[/yellow] for {row['id']}: {row['reason']}")
+    if not traces:
+        _fail(InputError(f"{problems}: no problem has a correct reference solution (see above); collect traces "
+                         "by rejection sampling instead"))
+    console.print(f"reference: {len(traces)} traces of {summary['problems']} problems in {out / 'traces.jsonl'} "
+                  "(0 collection FLOPs)")
 
 
 @app.command()
@@ -264,6 +302,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           eval_batch_size: int = typer.Option(512, help="Sequences per generation batch at each evaluation (lower "
                                               "it for long samples on big models)."),
           save_every: int = typer.Option(50, help="Steps between checkpoints (a killed run resumes from the last)."),
+          reliance_n: int = typer.Option(0, help="At each evaluation, samples per prefixed training row: each "
+                                         "training problem's success with its prefixes vs without (0: off)."),
           heldout: str = typer.Option("heldout", help="Held-out problems: split name or JSONL."),
           prior_flops: Optional[Path] = typer.Option(None, help="flops.json of earlier stages to charge (e.g. collect's)."),
           micro_batch_size: Optional[int] = typer.Option(None, help="Samples per process per forward/backward "
@@ -276,7 +316,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                                                              "http://0.0.0.0:8000)."),
           vllm_gpu_memory_utilization: float = typer.Option(0.3, help="colocate: share of each GPU for vLLM."),
           vllm_tensor_parallel_size: int = typer.Option(1, help="colocate: GPUs per vLLM engine."),
-          max_completion_length: Optional[int] = MAX_COMPLETION, seed: int = SEED):
+          max_completion_length: Optional[int] = MAX_COMPLETION, seed: int = SEED,
+          report_to: Optional[str] = REPORT_TO):
     """RL on prefixed problems (only the policy's own continuation is trained), or a baseline.
     Several GPUs: `accelerate launch --config_file configs/accelerate/... -m prefixrl.cli train ...`."""
     from prefixrl.files import read_jsonl
@@ -294,11 +335,12 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
         cfg = TrainConfig(steps=steps, problems_per_step=problems_per_step, num_generations=num_generations, lr=lr,
                           loss_type=loss_type, scale_rewards=scale_rewards, beta=beta, is_truncation=is_truncation,
                           eval_every=eval_every, eval_n=eval_n, eval_batch_size=eval_batch_size, save_every=save_every,
+                          reliance_n=reliance_n,
                           max_completion_length=_max_completion_length(max_completion_length), seed=seed,
                           micro_batch_size=micro_batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                           use_vllm=use_vllm, vllm_mode=vllm_mode, vllm_server_base_url=vllm_server_base_url,
                           vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
-                          vllm_tensor_parallel_size=vllm_tensor_parallel_size)
+                          vllm_tensor_parallel_size=vllm_tensor_parallel_size, report_to=report_to or "none")
         by_id = problems_by_id(the_task)
         ids = list(dict.fromkeys(r["problem_id"] for r in rows))
         unknown = [pid for pid in ids if pid not in by_id]
@@ -342,12 +384,12 @@ def evaluate(model: str = typer.Argument(..., help="Model folder, or `builtin:TA
 @app.command()
 def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo configuration."),
          out: Path = typer.Option(Path("runs/demo"), help="Run folder (resumes if it exists)."),
-         quiet: bool = QUIET):
+         quiet: bool = QUIET, report_to: Optional[str] = REPORT_TO):
     """The whole pipeline on a built-in task, end to end on CPU."""
     from prefixrl.demo import run_demo
 
     try:
-        run_demo(config, out, quiet=quiet, console=console)
+        run_demo(config, out, quiet=quiet, console=console, report_to=report_to)
     except (ValueError, InputError) as err:
         _fail(err)
 
@@ -355,14 +397,33 @@ def demo(config: Path = typer.Option(Path("configs/demo.yaml"), help="Demo confi
 @app.command()
 def experiment(config: Path = typer.Argument(..., help="Experiment configuration (e.g. configs/benchmark.yaml)."),
                out: Path = typer.Option(Path("runs/experiment"), help="Run folder (resumes if it exists)."),
-               quiet: bool = QUIET):
-    """Methods x seeds at equal FLOPs budgets, then the report (curves, speedup, claims)."""
-    from prefixrl.experiment import run_experiment
+               quiet: bool = QUIET, report_to: Optional[str] = REPORT_TO,
+               list_: bool = typer.Option(False, "--list", help="List the runs by index (and which have finished); "
+                                          "run nothing."),
+               prepare: bool = typer.Option(False, "--prepare", help="Only the shared data stages (screen, collect, "
+                                            "prefixes), which every --run reuses."),
+               run: Optional[int] = typer.Option(None, "--run", help="Train run I alone (an index of --list; a job "
+                                                 "of a Slurm array), after the shared data stages."),
+               report_only: bool = typer.Option(False, "--report-only", help="Only the report, from the finished "
+                                                "run folders.")):
+    """Methods x seeds at equal FLOPs budgets, then the report (curves, speedup, claims).
+    On a cluster: --prepare, then --run I for every I of --list (one job each), then --report-only."""
+    from prefixrl.experiment import list_runs, run_experiment
 
     try:
-        summary = run_experiment(config, out, quiet=quiet, console=console)
+        if sum([list_, prepare, run is not None, report_only]) > 1:
+            raise InputError("--list, --prepare, --run and --report-only are separate steps: give one at a time")
+        summary = {"runs": list_runs(config, out)} if list_ else run_experiment(
+            config, out, quiet=quiet, console=console, report_to=report_to, run=run, prepare_only=prepare,
+            report_only=report_only)
     except (ValueError, InputError) as err:
         _fail(err)
+    if list_ or prepare or run is not None:
+        for r in summary["runs"]:  # plain tab-separated lines, for scripts (configs/slurm-experiment.sh)
+            status = "finished" if r["finished"] else "to run"
+            print(f"{r['index']}\t{r['method']}\t{r['seed']}\t{r['folder']}\t{status}")
+        console.print(f"{len(summary['runs'])} runs: --run 0 .. --run {len(summary['runs']) - 1}")
+        return
     for claim in summary["claims"]:
         console.print(f"[bold]{claim['status']}[/bold]: {claim['claim']} ({claim['evidence']})")
 

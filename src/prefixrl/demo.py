@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -46,9 +46,12 @@ class DemoConfig(PipelineConfig):
     evaluate: EvalConfig = field(default_factory=EvalConfig)
 
 
-def run_demo(config_path: str | Path, out: str | Path, quiet: bool = False, console: Console | None = None) -> dict:
+def run_demo(config_path: str | Path, out: str | Path, quiet: bool = False, console: Console | None = None,
+             report_to: str | None = None) -> dict:
     console = console or Console()
     cfg = DemoConfig.from_yaml(config_path)
+    if report_to:  # the trackers training also logs to (over the config's train.report_to)
+        cfg.train = replace(cfg.train, report_to=report_to)
     out = Path(out)
     start = time.time()
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))

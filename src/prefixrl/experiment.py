@@ -8,6 +8,13 @@ use the traces are charged the collection FLOPs (and sft-rl its SFT), so their c
 later. Then the report: curves against FLOPs, the headline speedup and final-reward ratios with
 intervals over seeds, diagnostics, and each claim of the paper marked. A killed experiment
 resumes: finished runs are skipped, an unfinished one continues from its last checkpoint.
+
+On a cluster, each (method, seed) can be its own job (configs/slurm-experiment.sh):
+
+    prefixrl experiment CONFIG --out D --list           # the runs, by index, and which are finished
+    prefixrl experiment CONFIG --out D --prepare        # the shared data stages, once
+    prefixrl experiment CONFIG --out D --run I          # run I alone (a Slurm array task each)
+    prefixrl experiment CONFIG --out D --report-only    # the report, from the finished run folders
 """
 
 from __future__ import annotations
@@ -62,10 +69,37 @@ class ExperimentConfig(PipelineConfig):
         self.budget_flops = float(self.budget_flops)  # YAML reads 1e14 as a string
 
 
+def experiment_runs(cfg: ExperimentConfig) -> list[tuple[str, int]]:
+    """Every (method, seed) of the experiment, in the order `--run I` indexes them."""
+    return [(method, seed) for method in cfg.methods for seed in cfg.seeds]
+
+
+def finished(folder: Path) -> bool:
+    return (folder / "model").is_dir() and (folder / "manifest.json").exists()
+
+
+def list_runs(config_path: str | Path, out: str | Path) -> list[dict]:
+    """The experiment's runs by index, each with its folder and whether it has finished (from the
+    config alone: nothing is loaded or run)."""
+    cfg = ExperimentConfig.from_yaml(config_path)
+    return [{"index": i, "method": m, "seed": s, "folder": str(run_dir(out, m, s)),
+             "finished": finished(run_dir(out, m, s))} for i, (m, s) in enumerate(experiment_runs(cfg))]
+
+
 def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False,
-                   console: Console | None = None) -> dict:
+                   console: Console | None = None, report_to: str | None = None, run: int | None = None,
+                   prepare_only: bool = False, report_only: bool = False) -> dict:
+    """report_to: the trackers every run also logs to (over the config's train.report_to).
+    run: train only run `run` (experiment_runs' index), after the shared data stages (done once:
+    a later call reuses them from disk); prepare_only: only those stages; report_only: only the
+    report, from run folders that are all finished."""
     console = console or Console()
     cfg = ExperimentConfig.from_yaml(config_path)
+    if report_to:
+        cfg.train = replace(cfg.train, report_to=report_to)
+    runs = experiment_runs(cfg)
+    if run is not None and not 0 <= run < len(runs):
+        raise InputError(f"--run {run}: {config_path} has runs 0..{len(runs) - 1} (see --list)")
     out = Path(out)
     start = time.time()
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
@@ -76,9 +110,22 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
     if not evals["heldout"]:  # before any training: the report compares methods on held-out problems too
         raise InputError(f"task {cfg.task!r} has no held-out problems, which the experiment evaluates on "
                          "(math: add `heldout: FILE` to task_args)")
+    if prepare_only or run is not None:
+        if run is not None:
+            console.rule(f"run {run} of 0..{len(runs) - 1}: {runs[run][0]}, seed {runs[run][1]}")
+            _run(*runs[run], cfg=cfg, out=out, data=_shared(data), evals=evals)
+        return {"runs": list_runs(config_path, out)}
+    missing = [f"{r['index']} ({r['method']}, seed {r['seed']})" for r in list_runs(config_path, out)
+               if not r["finished"]]
+    if report_only and missing:
+        raise InputError(f"{out}: runs {', '.join(missing)} are not finished; run them (--run I), then --report-only")
+    _train_all(cfg, out, data, evals, [] if report_only else runs, console, quiet)
+    return _report(cfg, out, data, console, quiet, start)
 
-    jobs = [dict(method=m, seed=seed, cfg=cfg, out=out, data=_shared(data), evals=evals)
-            for m in cfg.methods for seed in cfg.seeds]
+
+def _train_all(cfg: ExperimentConfig, out: Path, data, evals: dict, runs: list[tuple[str, int]], console: Console,
+               quiet: bool) -> None:
+    jobs = [dict(method=m, seed=seed, cfg=cfg, out=out, data=_shared(data), evals=evals) for m, seed in runs]
     # longest first, so the last runs finish together: a trace-free method is charged no collection,
     # so the same budget buys it more steps
     jobs.sort(key=lambda job: job["method"] not in TRACE_FREE)
@@ -112,6 +159,8 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
     if failures:  # no report from a partial experiment: the first failure, with its traceback
         raise failures[0]
 
+
+def _report(cfg: ExperimentConfig, out: Path, data, console: Console, quiet: bool, start: float) -> dict:
     console.rule("success vs prefix fraction: base vs trained")
     curves = {}
     by_id = {p.id: p for p in data.hard}

@@ -52,8 +52,14 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | InputError]]:
     """(line number, row) for each non-blank line; a malformed line yields an InputError instead,
     so a caller can report it and go on with the rest of the file."""
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is that line's error, not the file's
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield lineno, InputError(f"{path}, line {lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at "
+                                         f"column {err.start + 1}); re-encode or delete that line")
+                continue
             if not line.strip():
                 continue
             try:

@@ -20,7 +20,7 @@ from prefixrl.models import resolve_model
 from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limit
 from prefixrl.screen import screen
 from prefixrl.tasks import load_problems, load_task
-from prefixrl.traces import CollectConfig, collect
+from prefixrl.traces import CollectConfig, collect, reference_traces
 from prefixrl.typecheck import hints_of, type_problem
 
 
@@ -39,6 +39,7 @@ class PipelineConfig:
     model: str = "builtin:chain"  # a model folder, or builtin:TASK for the shipped base model
     seed: int = 0  # of the data stages (screening, collection, cut points)
     trace_model: str | None = None  # collect the traces with another model (cross-family); default: `model`
+    traces: str = "collect"  # "collect" (rejection sampling) or "reference" (the task's reference solutions)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     screen: ScreenConfig = field(default_factory=ScreenConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
@@ -119,10 +120,16 @@ def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool =
     hard = screen(task, sampler, screened, out / "screen", n=cfg.screen.n, k=cfg.screen.k, seed=cfg.seed, quiet=quiet)
     console.print(f"{len(hard)} of {len(screened)} problems have pass@{cfg.screen.k} = 0")
 
-    console.rule("collect: rejection-sample a correct trace for each hard problem")
-    collector = make_sampler("hf", resolve_model(cfg.trace_model), cfg.sampling) if cfg.trace_model else sampler
-    traces = collect(task, collector, hard, out / "traces", cfg.collect, source=cfg.trace_model or cfg.model,
-                     quiet=quiet)
+    if cfg.traces not in ("collect", "reference"):
+        raise InputError(f"traces: {cfg.traces!r} is neither 'collect' (rejection sampling) nor 'reference'")
+    if cfg.traces == "reference":  # POPE-style: the problems' own solutions, nothing sampled
+        console.rule("reference: the hard problems' reference solutions as traces")
+        traces = reference_traces(task, hard, out / "traces")
+    else:
+        console.rule("collect: rejection-sample a correct trace for each hard problem")
+        collector = make_sampler("hf", resolve_model(cfg.trace_model), cfg.sampling) if cfg.trace_model else sampler
+        traces = collect(task, collector, hard, out / "traces", cfg.collect, source=cfg.trace_model or cfg.model,
+                         quiet=quiet)
     if not traces:
         raise ValueError("rejection sampling found no correct trace: raise collect.max_attempts or screen more problems")
     solved = [p for p in hard if p.id in {t["problem_id"] for t in traces}]

@@ -79,7 +79,9 @@ def load_runs(run_dirs: dict[str, list[Path]]) -> dict[str, list[dict]]:
     """Per method, per seed: the run's evaluations and step metrics."""
     from prefixrl.files import read_jsonl
 
-    return {method: [{"eval": read_jsonl(d / "eval.jsonl"), "metrics": [r for r in read_jsonl(d / "metrics.jsonl")
+    from prefixrl.analysis import read_metrics
+
+    return {method: [{"eval": read_jsonl(d / "eval.jsonl"), "metrics": [r for r in read_metrics(d / "metrics.jsonl")
                                                                         if "flops/total" in r]} for d in dirs]
             for method, dirs in run_dirs.items()}
 
@@ -178,6 +180,40 @@ def plot_back_generalization(runs: dict[str, list[dict]], markers: list[str], tr
     return _save(fig, path)
 
 
+def plot_prefix_reliance(runs: dict[str, list[dict]], path: Path) -> Path | None:
+    """HiLL's prefix reliance (reliance.py). Left: mean success over the training problems with their
+    prefixes (solid) and without (dashed), over training (seed mean). Right: each problem at the last
+    evaluation, every seed; above the diagonal, it leans on its prefixes. None: nothing measured."""
+    key = "eval/reliance/prefixed_pass@1"
+    measured = {m: rs for m, rs in runs.items() if any(key in r for run in rs for r in run["eval"])}
+    if not measured:
+        return None
+    fig, (curves, final) = plt.subplots(1, 2, figsize=(11, 4))
+    for color, (method, rs) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4, measured.items()):
+        for part, style in (("prefixed", "-"), ("unprefixed", "--")):
+            by_step: dict[int, list[float]] = {}
+            for run in rs:
+                for r in run["eval"]:
+                    if f"eval/reliance/{part}_pass@1" in r:
+                        by_step.setdefault(r["step"], []).append(r[f"eval/reliance/{part}_pass@1"])
+            steps = sorted(by_step)
+            curves.plot(steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], style, color=color,
+                        label=f"{method}: {'with its prefixes' if part == 'prefixed' else 'unprefixed'}")
+        last = [p for run in rs for r in run["eval"][-1:] for p in r.get("reliance", {}).values()]
+        final.scatter([p["unprefixed"] for p in last], [p["prefixed"] for p in last], color=color, s=14, label=method)
+    curves.set_xlabel("training step")
+    curves.set_ylabel("pass@1 on the training problems")
+    curves.set_title("prefix reliance over training (seed mean)", fontsize=9)
+    final.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
+    final.set_xlabel("pass@1 without its prefixes")
+    final.set_ylabel("pass@1 with its prefixes")
+    final.set_title("each training problem at the last evaluation", fontsize=9)
+    for ax in (curves, final):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[float, float]],
                             run_dirs: dict[str, list[Path]]) -> dict:
     import numpy as np
@@ -201,6 +237,7 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
     trace_shares = trace_strategy_shares(data.task, data.traces)
     if markers:
         plot_back_generalization(runs, markers, trace_shares, folder / "back_generalization.png")
+    reliance = plot_prefix_reliance(runs, folder / "prefix_reliance.png") is not None
     claims = judge_claims(runs, numbers, calibration, method)
     summary = {"method": method, "headline": numbers, "claims": claims, "calibration": calibration,
                "sft_tuning": sft_tuning(run_dirs.get("sft-rl", [])),
@@ -209,7 +246,7 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
                "runs": {m: [{"final_flops": run["eval"][-1]["flops"], "steps": run["eval"][-1]["step"]} for run in r]
                         for m, r in runs.items()}}
     atomic_write_text(folder / "summary.json", json.dumps(summary, indent=2))
-    atomic_write_text(folder / "README.md", _experiment_markdown(cfg, data, summary, bool(markers)))
+    atomic_write_text(folder / "README.md", _experiment_markdown(cfg, data, summary, bool(markers), reliance))
     return summary
 
 
@@ -241,16 +278,19 @@ def _interval(ci) -> str:
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
 
 
-def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
+def _experiment_markdown(cfg, data, summary: dict, has_markers: bool, has_reliance: bool = False) -> str:
     method, numbers = summary["method"], summary["headline"]
     n_params = data.sampler.n_params
+    traces = (f"their reference solutions gave verified traces for {len(data.solved)} (no collection FLOPs)."
+              if getattr(cfg, "traces", "collect") == "reference" else
+              f"rejection sampling (cap {cfg.collect.max_attempts}) found traces for {len(data.solved)}, spending "
+              f"{summary['collect_flops']:.3g} FLOPs (charged to every method that uses the traces).")
     parts = [
         f"# prefixrl experiment: {data.task.name}",
         "## Setup",
         f"Base model `{cfg.model}` ({n_params / 1e6:.2f} M parameters). Screened {len(data.screened)} problems "
-        f"(n = {cfg.screen.n}); {len(data.hard)} had pass@{cfg.screen.k} = 0; rejection sampling (cap "
-        f"{cfg.collect.max_attempts}) found traces for {len(data.solved)}, spending {summary['collect_flops']:.3g} FLOPs "
-        f"(charged to every method that uses the traces). Methods {', '.join(cfg.methods)}; seeds {cfg.seeds}; every "
+        f"(n = {cfg.screen.n}); {len(data.hard)} had pass@{cfg.screen.k} = 0; {traces} Methods "
+        f"{', '.join(cfg.methods)}; seeds {cfg.seeds}; every "
         f"run stopped at {cfg.budget_flops:.3g} FLOPs. RL: {cfg.train.problems_per_step} problems x "
         f"{cfg.train.num_generations} samples per step, lr {cfg.train.lr}, loss {cfg.train.loss_type}; unprefixed "
         f"evaluation every {cfg.train.eval_every} steps, {cfg.train.eval_n} samples per problem at temperature "
@@ -281,6 +321,8 @@ def _experiment_markdown(cfg, data, summary: dict, has_markers: bool) -> str:
               "![success vs prefix fraction](success_vs_prefix.png)"]
     if has_markers:
         parts.append("![back-generalization](back_generalization.png)")
+    if has_reliance:
+        parts.append("![prefix reliance: success with the prefixes vs without](prefix_reliance.png)")
     return "\n\n".join(parts) + "\n"
 
 

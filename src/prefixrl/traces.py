@@ -166,21 +166,75 @@ def _summary(problems: list[Problem], progress: dict[str, ProblemProgress], n_pa
             "flops": sum(r["flops"] for r in rows), "per_problem": rows}
 
 
+# --- traces from reference solutions (POPE-style) ---------------------------------------------
+
+def reference_traces(task: Task, problems: list[Problem], out_dir: str | Path) -> list[dict]:
+    """The problems' own reference solutions as the trace store, without rejection sampling (as
+    POPE uses them): each is verified by the task and kept only if correct; nothing is sampled, so
+    no collection FLOPs are charged. The task gives them by `reference_solution(problem)` (math:
+    its `solution_column`; reasoning-gym: the dataset's answer, the whole solution for
+    move-sequence tasks). Writes traces.jsonl, collect.json and flops.json as `collect` does."""
+    solution_of = getattr(task, "reference_solution", None)
+    if solution_of is None:
+        raise ValueError(f"task {task.name!r} has no reference solutions (no `reference_solution` method); "
+                         "collect traces by rejection sampling, or import them")
+    out_dir, start = Path(out_dir), time.time()
+    own = problems_by_id(task)  # a problem read back from hard.jsonl: the task's own copy has its solution
+    texts = [solution_of(own.get(p.id, p)) for p in problems]
+    verdicts = verify_all(task, [(p, text) for p, text in zip(problems, texts) if text])
+    traces, rows, verdicts = [], [], iter(verdicts)
+    for p, text in zip(problems, texts):
+        solved = bool(text) and next(verdicts).reward > 0
+        rows.append({"id": p.id, "solved": solved, "samples": 0, "attempts": 0, "flops": 0.0,
+                     "reason": None if solved else "no reference solution" if not text else "fails verification"})
+        if solved:
+            traces.append({"problem_id": p.id, "prompt": p.prompt, "completion": text, "token_ids": None,
+                           "logprobs": None, "origin": "reference", "source": "reference", "attempt": None,
+                           "sampling": None})
+    write_jsonl(out_dir / "traces.jsonl", traces)
+    FlopsLedger(out_dir / "flops.json", fresh=True).add("collect", n_params=0)  # nothing sampled: 0 FLOPs
+    summary = {"problems": len(rows), "solved": len(traces), "share_solved": len(traces) / max(1, len(rows)),
+               "mean_attempts_solved": 0.0, "flops": 0.0, "source": "reference", "per_problem": rows}
+    atomic_write_text(out_dir / "collect.json", json.dumps(summary, indent=2))
+    write_manifest(out_dir, stage="reference", config={"task": task.name, "task_args": task_args(task),
+                   "source": "reference"}, seed=0, flops=0.0, wall_time_s=time.time() - start, task=task)
+    return traces
+
+
 # --- the store: load, import ------------------------------------------------------------------
 
-TEXT_COLUMNS = ("completion", "solution", "text")  # first one present is the trace text
+TEXT_COLUMNS = ("completion", "solution", "text", "response", "output")  # first one present: the trace text
+QUESTION_COLUMNS = ("question", "problem", "prompt")  # a record with no problem id is matched on its question
 
 
 def load_traces(path: str | Path) -> list[dict]:
     return read_jsonl(path, required=("problem_id", "prompt", "completion"))
 
 
+def _key(text: str) -> str:
+    return " ".join(text.split())  # a question matches up to spacing and line breaks
+
+
+def question_index(task: Task, problems: dict[str, Problem]) -> dict[str, Problem]:
+    """Problems by their question text (the task's `question_of`, e.g. math's prompt less its
+    instruction) and by their whole prompt: what a dataset keyed by question text names them by."""
+    question_of = getattr(task, "question_of", None)
+    index = {_key(p.prompt): p for p in problems.values()}
+    if question_of is not None:
+        index.update({_key(question_of(p)): p for p in problems.values()})
+    return index
+
+
 def import_traces(task: Task, store: str | Path, source_file: str | Path, source: str = "import",
-                  problem_column: str = "problem_id") -> dict:
+                  problem_column: str = "problem_id", text_column: str | None = None,
+                  question_column: str | None = None) -> dict:
     """Verify records from JSONL, Parquet or a saved `datasets` folder and add the correct, new ones
-    to the store. Returns {"added", "rejected": [{"line", "reason"}...]}; the store is rewritten
-    atomically, so a failure leaves it as it was."""
+    to the store. A record names its problem by id (`problem_column`) or, in a dataset keyed by
+    question text, by its question (`question_column`; without an id field the columns
+    QUESTION_COLUMNS are tried). Returns {"added", "rejected": [{"line", "reason"}...]}; the store
+    is rewritten atomically, so a failure leaves it as it was."""
     problems = problems_by_id(task)
+    columns = _Columns(problem_column, text_column, question_column, problems, question_index(task, problems))
     store = Path(store)
     traces = load_traces(store) if store.exists() else []
     seen = {(t["problem_id"], t["completion"]) for t in traces}
@@ -188,7 +242,7 @@ def import_traces(task: Task, store: str | Path, source_file: str | Path, source
     for line, record in iter_records(source_file):
         reason = record if isinstance(record, InputError) else None
         if reason is None:
-            trace, reason = _to_trace(task, problems, record, problem_column, source)
+            trace, reason = _to_trace(task, columns, record, source)
             if trace is not None and (trace["problem_id"], trace["completion"]) in seen:
                 trace, reason = None, "duplicate of a trace already in the store"
             if trace is not None:
@@ -201,17 +255,49 @@ def import_traces(task: Task, store: str | Path, source_file: str | Path, source
     return {"file": str(source_file), "added": added, "rejected": rejected, "store": str(store)}
 
 
-def _to_trace(task: Task, problems: dict[str, Problem], record: dict, problem_column: str,
-              source: str) -> tuple[dict | None, str | None]:
-    pid = record.get(problem_column)
-    if pid is None:
-        return None, f"no '{problem_column}' field (name the column with --problem-column)"
-    if str(pid) not in problems:
-        return None, f"unknown problem id {pid!r} for task '{task.name}'"
-    column = next((c for c in TEXT_COLUMNS if isinstance(record.get(c), str)), None)
-    if column is None:
-        return None, f"no trace text: expected one of the fields {list(TEXT_COLUMNS)}"
-    problem, text = problems[str(pid)], record[column]
+@dataclass
+class _Columns:
+    problem: str
+    text: str | None
+    question: str | None
+    by_id: dict[str, Problem]
+    by_question: dict[str, Problem]
+
+    def problem_of(self, task: Task, record: dict) -> tuple[Problem | None, str | None]:
+        if self.question is None and record.get(self.problem) is not None:  # Parquet: a missing field is None
+            pid = record[self.problem]
+            found = self.by_id.get(str(pid))
+            return found, None if found else f"unknown problem id {pid!r} for task '{task.name}'"
+        column = self.question or next((c for c in QUESTION_COLUMNS if isinstance(record.get(c), str)), None)
+        if column is None:
+            return None, (f"no '{self.problem}' field and no question field; the fields are {sorted(record)}: name "
+                          "the one that holds the problem id with --problem-column FIELD, or the question text "
+                          "with --question-column FIELD")
+        question = record.get(column)
+        if not isinstance(question, str):
+            return None, f"no question text in field '{column}' (the fields are {sorted(record)})"
+        found = self.by_question.get(_key(question))
+        return found, None if found else (f"no problem of task '{task.name}' has the question in field '{column}' "
+                                          f"({_key(question)[:60]!r}...)")
+
+    def text_of(self, record: dict) -> tuple[str | None, str | None]:
+        if self.text is not None:
+            text = record.get(self.text)
+            return (text, None) if isinstance(text, str) else \
+                (None, f"no trace text in field '{self.text}' (the fields are {sorted(record)})")
+        column = next((c for c in TEXT_COLUMNS if isinstance(record.get(c), str)), None)
+        return (record[column], None) if column else \
+            (None, f"no trace text: expected one of the fields {list(TEXT_COLUMNS)}, or name it with --text-column "
+                   f"FIELD (the fields are {sorted(record)})")
+
+
+def _to_trace(task: Task, columns: _Columns, record: dict, source: str) -> tuple[dict | None, str | None]:
+    problem, reason = columns.problem_of(task, record)
+    if problem is None:
+        return None, reason
+    text, reason = columns.text_of(record)
+    if text is None:
+        return None, reason
     if task.verify(problem, text).reward <= 0:
         return None, "the trace fails verification (its answer or steps are wrong)"
     # imported traces are text: token ids and behaviour log-probs are unknown here

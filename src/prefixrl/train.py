@@ -25,6 +25,7 @@ same budget), and only the main process writes files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -40,7 +41,8 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, gather_object, get_int_from_env, parse_flag_from_env
 from datasets import Dataset
-from transformers import AutoConfig, AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback, set_seed
+from transformers import (AutoConfig, AutoTokenizer, PrinterCallback, ProgressCallback, Trainer, TrainerCallback,
+                          set_seed)
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
@@ -49,6 +51,7 @@ from prefixrl.files import AppendLog, InputError, atomic_write_text
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
+from prefixrl.reliance import prefix_reliance
 from prefixrl.runinfo import differences, write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
 
@@ -75,8 +78,10 @@ class TrainConfig:
     eval_batch_size: int = 512  # sequences per generation batch when evaluating (and prefixrl-adaptive's
     # calibration): lower it for long samples on big models (512 x 16k tokens on an 8 B model run out of memory)
     save_every: int = 50  # steps between checkpoints (a killed run resumes from the last)
+    reliance_n: int = 0  # samples per prefixed training row at each evaluation: prefix reliance per problem
+    # (reliance.py: success with its prefixes vs without); 0: not measured
     budget_flops: float | None = None  # stop once the run's ledger (charged prior stages included) reaches it
-    report_to: str = "none"  # any of TRL's: tensorboard, trackio, wandb
+    report_to: str = "none"  # trackers, comma-separated: trackio, wandb, tensorboard (metrics.jsonl is always written)
     progress_bar: bool = True  # TRL's step bar (off in experiment workers, which share one terminal)
     is_truncation: float | None = None  # offpolicy-is: cap on the importance weight pi/mu (None: none)
     luffy_gamma: float = 0.1  # luffy: the shaping constant in pi / (pi + gamma)
@@ -112,6 +117,9 @@ class TrainConfig:
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(f"TrainConfig.vllm_gpu_memory_utilization must be in (0, 1], "
                              f"got {self.vllm_gpu_memory_utilization}")
+        if self.reliance_n < 0:
+            raise ValueError(f"TrainConfig.reliance_n must be >= 0 (0: not measured), got {self.reliance_n}")
+        report_to(self.report_to)  # an unknown or missing tracker: said before any work
 
 
 def reward_function(task: Task, problems: dict[str, Problem]):
@@ -239,8 +247,8 @@ class PrefixRLTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         for name, mask in (("prefixed", group_prefixed), ("unprefixed", ~group_prefixed)):
             if mask.any():
-                self._metrics[mode][f"reward_{name}"].append(groups[mask].mean().item())
-                self._metrics[mode][f"zero_advantage_{name}"].append(zero_advantage[mask].float().mean().item())
+                self._metrics[mode][f"{name}/reward"].append(groups[mask].mean().item())
+                self._metrics[mode][f"{name}/zero_advantage"].append(zero_advantage[mask].float().mean().item())
         if self.trace_pool is not None:  # this process's own correct unprefixed answers
             first = self.accelerator.process_index * len(inputs)
             for i, (x, completion) in enumerate(zip(inputs, completions)):
@@ -266,7 +274,7 @@ class PrefixRLTrainer(GRPOTrainer):
             loss = self._compute_loss(model, _select(inputs, rows)) * self._part_share(inputs, rows)
             self.accelerator.backward(loss)
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-            self._metrics["train"][f"grad_norm_{name}"].append(norm.item())
+            self._metrics["train"][f"{name}/grad_norm"].append(norm.item())
             for p, grad in zip(params, earlier):
                 if grad is not None:
                     p.grad = grad if p.grad is None else p.grad + grad
@@ -299,7 +307,7 @@ class PrefixRLTrainer(GRPOTrainer):
         entropies = self._last_forward[1]
         mode = "train" if self.model.training else "eval"
         for name, rows in _parts(inputs):
-            self._log_mean(mode, f"entropy_{name}", entropies, own & rows[:, None])
+            self._log_mean(mode, f"{name}/entropy", entropies, own & rows[:, None])
         return loss
 
     def _log_mean(self, mode: str, name: str, values: torch.Tensor, mask: torch.Tensor) -> None:
@@ -380,8 +388,8 @@ class MetricsLog(TrainerCallback):
         self.log = log
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and state.is_world_process_zero:
-            self.log.append({"step": state.global_step, **logs})
+        if logs and state.is_world_process_zero and not any(k.startswith("eval_") for k in logs):
+            self.log.append({"step": state.global_step, **logs})  # (evaluations are in eval.jsonl)
 
 
 class BarOnly(ProgressCallback):
@@ -411,8 +419,8 @@ class UnprefixedEval(TrainerCallback):
     policy, so that sharded weights (ZeRO-3, FSDP) can be gathered; only the main process writes."""
 
     def __init__(self, trainer_ref, task: Task, problem_sets: dict[str, list[Problem]], cfg: TrainConfig,
-                 out_dir: Path, ledger: FlopsLedger, prefix_rows: list[dict]):
-        self.trainer_ref, self.task, self.cfg = trainer_ref, task, cfg
+                 out_dir: Path, ledger: FlopsLedger, prefix_rows: list[dict], reliance_rows: list[dict] = ()):
+        self.trainer_ref, self.task, self.cfg, self.reliance_rows = trainer_ref, task, cfg, list(reliance_rows)
         self.out_dir, self.ledger, self.prefix_rows = out_dir, ledger, prefix_rows
         self.main = trainer_ref().accelerator.is_main_process
         # an empty set has no pass@1 (e.g. --task math without a heldout= file): evaluate the others
@@ -441,6 +449,12 @@ class UnprefixedEval(TrainerCallback):
         self.done.add(step)
         if self.main:
             self.log.append(row)
+        if self.cfg.report_to != "none":  # to the trackers as eval/hard/pass@1 ...: the Trainer's own log,
+            # not GRPOTrainer's, which would take the step's pending training metrics with it
+            should_log = trainer.control.should_log  # logging resets it: the step's own log must still happen
+            Trainer.log(trainer, {"eval_" + k.removeprefix("eval/"): v for k, v in row.items()
+                                  if k.startswith("eval/")})
+            trainer.control.should_log = should_log
         return row
 
     def _evaluate(self, step: int, model, tokenizer, evals: Path) -> dict:
@@ -449,16 +463,21 @@ class UnprefixedEval(TrainerCallback):
         sampler = HFSampler(model, tokenizer, SamplingParams(
             temperature=self.cfg.eval_temperature, max_new_tokens=self.cfg.max_completion_length,
             batch_size=self.cfg.eval_batch_size))
-        row = {"step": step, "flops": self.ledger.total}
+        row, unprefixed = {"step": step, "flops": self.ledger.total}, {}
         for name, problems in self.problem_sets.items():
             scores = score_problems(self.task, sampler, problems, self.cfg.eval_n, evals / f"step-{step}-{name}",
                                     seed=self.cfg.seed * 100_003 + step, quiet=True)
             samples = sum(r["n"] for r in scores)
+            unprefixed.update({r["id"]: r["correct"] / r["n"] for r in scores})
             row[f"eval/{name}/pass@1"] = sum(r["correct"] for r in scores) / samples
             for strategy in self.task.strategy_markers:
                 row[f"eval/{name}/strategy/{strategy}"] = sum(r["strategies"].get(strategy, 0) for r in scores) / samples
         if self.prefix_rows:
             row["eval/prefix_nll"] = self._prefix_nll(model, tokenizer)
+        if self.reliance_rows and self.cfg.reliance_n:
+            problems = {p.id: p for ps in self.problem_sets.values() for p in ps}
+            row.update(prefix_reliance(self.task, sampler, self.reliance_rows, problems, unprefixed,
+                                       self.cfg.reliance_n, seed=self.cfg.seed * 100_003 + step))
         model.train(was_training)
         return row
 
@@ -502,13 +521,30 @@ def grpo_config(cfg: TrainConfig, out_dir: Path, processes: int | None = None) -
         scale_rewards=cfg.scale_rewards, beta=cfg.beta, num_iterations=1, temperature=cfg.temperature,
         top_k=0, top_p=1.0, max_completion_length=cfg.max_completion_length, seed=cfg.seed, data_seed=cfg.seed,
         bf16=use_bf16(cfg), gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
-        report_to=cfg.report_to, logging_steps=1, save_strategy="steps", save_steps=cfg.save_every,
+        report_to=report_to(cfg.report_to), project="prefixrl", run_name=str(out_dir), logging_steps=1,
+        save_strategy="steps", save_steps=cfg.save_every,
         save_total_limit=2, save_only_model=False, disable_tqdm=not cfg.progress_bar, remove_unused_columns=False,
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_server_base_url=cfg.vllm_server_base_url,
         vllm_server_host=cfg.vllm_server_host, vllm_server_port=cfg.vllm_server_port,
         vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=cfg.vllm_tensor_parallel_size,
     )
+
+
+TRACKERS = {"trackio": "trackio==0.43.0", "wandb": "wandb", "tensorboard": "tensorboard"}  # name: what to install
+
+
+def report_to(value: str) -> list[str]:
+    """The trackers of `report_to` ("none", or some of TRACKERS, comma-separated), each checked to be
+    installed before anything runs."""
+    names = [name.strip() for name in value.split(",") if name.strip() and name.strip() != "none"]
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown:
+        raise ValueError(f"report_to: unknown tracker {unknown}; use none or {', '.join(TRACKERS)} (comma-separated)")
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"report_to {missing[0]}: it is not installed; pip install {TRACKERS[missing[0]]}")
+    return names or ["none"]
 
 
 def use_bf16(cfg: TrainConfig) -> bool:
@@ -534,7 +570,8 @@ def _check_same_config(out_dir: Path, cfg: TrainConfig) -> None:
     path = out_dir / "config.json"
     if not path.exists():
         return
-    diff = differences(json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg))), ignore=("progress_bar",))
+    diff = differences(json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg))),
+                       ignore=("progress_bar", "report_to"))
     if diff:
         raise InputError(f"{out_dir} holds a run started with other settings ({diff}): pass another output "
                          f"folder, or delete this one to start it over")
@@ -622,7 +659,8 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         trainer.add_callback(BarOnly)
     evaluator = None
     if eval_problems and cfg.eval_every:  # eval_every 0: no evaluation at all, not even at the start and end
-        evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, nll_rows)
+        evaluator = UnprefixedEval(weakref.ref(trainer), task, eval_problems, cfg, out_dir, ledger, nll_rows,
+                                   reliance_rows=[r for r in rows if r["prefixed"]])
         trainer.add_callback(evaluator)
         evaluator.evaluate(0)
     if cfg.budget_flops:

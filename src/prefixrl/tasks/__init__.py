@@ -78,7 +78,13 @@ def builtin_tasks() -> dict[str, type]:
 
 
 def load_task(name: str, **kwargs) -> Task:
-    """A built-in task by name, or a user's task class by `module:Class`."""
+    """A built-in task by name, reasoning-gym's by `rg:NAME`, or a user's task class by `module:Class`."""
+    if name.startswith("rg:"):
+        from prefixrl.tasks.rg import ReasoningGymTask
+
+        task = ReasoningGymTask(name.removeprefix("rg:"), **kwargs)
+        task.task_args = dict(kwargs)
+        return task
     if ":" in name:
         module_name, _, class_name = name.partition(":")
         try:
@@ -89,8 +95,8 @@ def load_task(name: str, **kwargs) -> Task:
     else:
         tasks = builtin_tasks()
         if name not in tasks:
-            raise ValueError(f"unknown task {name!r}: built-in tasks are {sorted(tasks)}; "
-                             "a task of your own is given as `module:Class`.")
+            raise ValueError(f"unknown task {name!r}: built-in tasks are {sorted(tasks)}; reasoning-gym's are "
+                             "`rg:NAME`; a task of your own is given as `module:Class`.")
         cls = tasks[name]
     _check_options(name, cls, kwargs)
     try:

@@ -10,6 +10,8 @@ column. A dotted column names a nested field, a number in it a list item (DAPO-M
 answer must be text (an answer may also be a number). `train` is the training file (the problems
 screened for hard ones), `heldout` a separate file never trained on, `easy` an optional third file.
 The prompt is the question followed by an instruction to put the final answer in \\boxed{}.
+A `solution_column` (MATH's `solution`) keeps each problem's worked solution: `prefixrl reference`
+makes those the trace store without rejection sampling.
 
 Verification: a solution whose one \\boxed{} holds the gold answer verbatim (up to spaces, `$`,
 \\left/\\right, \\dfrac) is correct at once. Anything else goes to math-verify, `parse` then
@@ -37,7 +39,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # the options naming the columns: the errors tell a user which one to set
 COLUMN_OPTIONS = {"question": "question_column", "answer": "answer_column", "id": "id_column",
-                  "source": "source_column", "difficulty": "difficulty_column"}
+                  "source": "source_column", "difficulty": "difficulty_column", "solution": "solution_column"}
 
 
 # --- answers ---------------------------------------------------------------------------------
@@ -172,6 +174,8 @@ def read_problems(path: str | Path, split: str, columns: dict[str, str | None], 
                 continue
         seen[pid] = n
         meta = {"source": str(_column(record, "source", columns["source"], where))} if columns["source"] else {}
+        if columns.get("solution"):  # a worked solution: `prefixrl reference` makes it a trace
+            meta["solution"] = _column(record, "solution", columns["solution"], where, text=True)
         difficulty = _difficulty(_column(record, "difficulty", columns["difficulty"], where), where) \
             if columns["difficulty"] else 0
         prompt = f"{question}\n\n{instruction}" if instruction else question
@@ -206,13 +210,13 @@ class MathTask:
     def __init__(self, train: str, heldout: str | None = None, easy: str | None = None,
                  question_column: str = "problem", answer_column: str = "answer", id_column: str | None = None,
                  source_column: str | None = None, difficulty_column: str | None = None,
-                 instruction: str = DEFAULT_INSTRUCTION, verify_timeout_s: float = 5.0, verify_workers: int = 1,
+                 solution_column: str | None = None, instruction: str = DEFAULT_INSTRUCTION, verify_timeout_s: float = 5.0, verify_workers: int = 1,
                  max_errors_in_a_row: int = 100):
         if float(verify_timeout_s) <= 0 or int(verify_workers) < 1:
             raise ValueError(f"math task: verify_timeout_s must be > 0 and verify_workers >= 1, "
                              f"got {verify_timeout_s} and {verify_workers}")
         columns = {"question": question_column, "answer": answer_column, "id": id_column,
-                   "source": source_column, "difficulty": difficulty_column}
+                   "source": source_column, "difficulty": difficulty_column, "solution": solution_column}
         files = {"train": str(train), "heldout": heldout and str(heldout), "easy": easy and str(easy)}
         self._splits = {split: read_problems(path, split, columns, instruction) if path else []
                         for split, path in files.items()}
@@ -221,6 +225,16 @@ class MathTask:
         self._pool = None  # worker processes, started at the first answer that needs math-verify
         self._counts = dict(answers=0, fast_path=0, math_verify=0, timeouts=0, errors=0)
         self.max_errors_in_a_row, self._errors_in_a_row = int(max_errors_in_a_row), 0
+        self.instruction = instruction
+
+    def question_of(self, problem: Problem) -> str:
+        """The question alone (the prompt less the instruction): what a dataset keyed by question holds."""
+        suffix = f"\n\n{self.instruction}" if self.instruction else ""
+        return problem.prompt.removesuffix(suffix) if suffix else problem.prompt
+
+    def reference_solution(self, problem: Problem) -> str | None:
+        """The row's worked solution (solution_column; MATH's `solution`), None without one."""
+        return problem.meta.get("solution")
 
     def problems(self, split: str) -> list[Problem]:
         if split not in self._splits:
