@@ -47,11 +47,11 @@ def setup(sort_task, tmp_path_factory):
                            rows=prefixed_problems(tok, traces, problems))
 
 
-def make_trainer(setup, reward, out_dir):
+def make_trainer(setup, reward, out_dir, **extra):
     cfg = TrainConfig(steps=1, problems_per_step=2, num_generations=2, max_completion_length=MAX_LEN)
     trainer = PrefixRLTrainer(model=tiny_model(setup.tok, SMALL), reward_funcs=reward, args=grpo_config(cfg, out_dir),
                               train_dataset=Dataset.from_list(setup.rows), processing_class=setup.tok,
-                              flops_ledger=FlopsLedger())
+                              flops_ledger=FlopsLedger(), **extra)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which these tests skip
     return trainer
@@ -241,7 +241,7 @@ def all_grads(model):
 
 
 def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setup, sort_task, tmp_path):
-    trainer = make_trainer(setup, mixed_rewards(sort_task, setup.problems), tmp_path)
+    trainer = make_trainer(setup, mixed_rewards(sort_task, setup.problems), tmp_path, split_grad_norms=True)
     model = trainer.model
     prefixed = [r for r in setup.rows if r["prefixed"]]
     batch = [dict(r) for r in (prefixed[0], setup.rows[-1], prefixed[4]) for _ in range(2)]

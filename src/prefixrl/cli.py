@@ -29,7 +29,8 @@ console = Console()
 TASK = typer.Option("sort", "--task", "-t", help="Built-in task name, or `module:Class` of your own task.")
 TASK_ARGS = typer.Option([], "--task-arg", help="A task option KEY=VALUE (repeatable): numbers, true/false and "
                          "[lists] are typed, other values are text. E.g. --task-arg train=data/train.jsonl.")
-BACKEND = typer.Option("hf", help="Generation backend: 'hf' (transformers) or 'vllm'.")
+BACKEND = typer.Option("auto", help="Generation backend: 'auto' (on CPU, a fast decode loop for small Llama / Qwen "
+                       "models, else transformers), 'fast', 'hf' (transformers' generate) or 'vllm'.")
 TEMPERATURE = typer.Option(1.0, help="Sampling temperature.")
 MAX_NEW = typer.Option(160, help="Max tokens generated per sample.")
 BATCH = typer.Option(256, help="Sequences per generation batch.")
@@ -52,7 +53,8 @@ def _sampler(model: str, backend: str, temperature: float, max_new_tokens: int, 
     from prefixrl.generate import SamplingParams, make_sampler
     from prefixrl.models import resolve_model
 
-    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                            backend=backend)
     try:
         return make_sampler(backend, resolve_model(model), params)
     except ImportError as err:  # --backend vllm without vLLM: say how to get it, no traceback
@@ -196,11 +198,11 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
         problems = problems_by_id(the_task)
         calibration = None
         if calibrate_n:
-            from prefixrl.generate import HFSampler, SamplingParams
+            from prefixrl.generate import SamplingParams, sampler_for
             from prefixrl.prefixes import calibrate, success_curve
             from prefixrl.report import plot_success_vs_prefix
 
-            sampler = HFSampler(model_obj, tokenizer, SamplingParams(max_new_tokens=max_completion_length))
+            sampler = sampler_for(model_obj, tokenizer, SamplingParams(max_new_tokens=max_completion_length))
             calibration = calibrate(the_task, sampler, tokenizer, all_traces, problems, out, n=calibrate_n,
                                     seed=seed, quiet=quiet, cfg=cfg)
             curve = success_curve(calibration)

@@ -116,7 +116,7 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
     curves = {}
     by_id = {p.id: p for p in data.hard}
     for name, path in [("base", data.model_path)] + [(m, run_dir(out, m, cfg.seeds[0]) / "model") for m in cfg.methods]:
-        sampler = make_sampler("hf", str(path), cfg.sampling)
+        sampler = make_sampler(None, str(path), cfg.sampling)
         curves[name] = success_curve(calibrate(data.task, sampler, sampler.tokenizer,
                                                data.traces[:cfg.calibration_traces], by_id,
                                                out / "calibration" / name, n=cfg.calibration_n, seed=cfg.seed,
