@@ -97,7 +97,7 @@ def run_experiment(config_path: str | Path, out: str | Path, quiet: bool = False
                 failed(job, error)
     else:  # one process per run, each on its share of the cores; a bar over runs instead of steps
         console.rule(f"train: {len(jobs)} runs, {cfg.workers} at a time")
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+        threads = threads_per_worker(cfg.workers)
         with progress_bar(disable=quiet) as bar, ProcessPoolExecutor(
                 cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker,
                 initargs=(threads, os.getpid())) as pool:
@@ -136,8 +136,26 @@ def _shared(data) -> dict:
                 collect_flops=data.collect_flops)
 
 
-def _init_worker(threads: int, parent: int) -> None:
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of the cores this process may use (its affinity mask: a container or
+    `taskset` may allow fewer than os.cpu_count()), so that the workers together never ask for more."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def limit_threads(threads: int) -> None:
+    """This process's compute threads: torch's intra-op pool (OpenMP / MKL GEMMs), its inter-op pool
+    (otherwise one thread per core) and the tokenizers' Rust pool (otherwise one per core as well)."""
     torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # set once per process, before any inter-op work: a second call is refused
+        pass
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    limit_threads(threads)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 

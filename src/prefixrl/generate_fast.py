@@ -34,6 +34,7 @@ from prefixrl.models import encode_prompt, n_params
 
 SUPPORTED_TYPES = ("llama", "qwen2", "qwen3")
 STATIC_ROPE = ("default", "linear", "llama3")  # inv_freq fixed at load: a table of cos/sin is exact
+GROW = 32  # KV-cache positions added at a time
 
 
 class UnsupportedModel(ValueError):
@@ -116,18 +117,17 @@ class Decoder:
                 gate_up_w=torch.cat([m.gate_proj.weight, m.up_proj.weight]), gate_up_b=_cat_bias(m.gate_proj, m.up_proj),
                 down_w=m.down_proj.weight, down_b=m.down_proj.bias))
 
-    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Allocate the cache for P + max_new_tokens positions and run the prompts: the last
-        position's logits [B, V] (float32)."""
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Allocate the cache and run the prompts: the last position's logits [B, V] (float32)."""
         batch, prompt = input_ids.shape
-        total = prompt + max_new_tokens
-        shape = (len(self.layers), batch, self.kv_heads, total, self.head_dim)
-        self.k_cache = self.embed.new_empty(shape)
-        self.v_cache = self.embed.new_empty(shape)
+        # zeros, not empty: every step attends over the whole cache (see _step_attention), and a
+        # masked NaN from uninitialised memory would still poison the softmax
+        self.k_cache = self.embed.new_zeros((len(self.layers), batch, self.kv_heads, prompt + GROW, self.head_dim))
+        self.v_cache = torch.zeros_like(self.k_cache)
         # positions as generate() gives them: the first real token of each left-padded row is 0
         positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         self.next_position = positions[:, -1] + 1
-        self.valid = torch.zeros(batch, total, dtype=torch.bool, device=input_ids.device)
+        self.valid = torch.zeros(batch, prompt + GROW, dtype=torch.bool, device=input_ids.device)
         self.valid[:, :prompt] = attention_mask.bool()
         self.length = prompt
         cos, sin = self._rope(positions)
@@ -143,11 +143,13 @@ class Decoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row [B] at the next position; its logits [B, V] (float32)."""
         t = self.length
+        if t == self.valid.shape[1]:  # the cache is full: GROW more positions
+            self.k_cache, self.v_cache = (F.pad(c, (0, 0, 0, GROW)) for c in (self.k_cache, self.v_cache))
+            self.valid = F.pad(self.valid, (0, GROW))
         self.valid[:, t] = True  # generate() extends the attention mask with ones, finished rows too
         cos, sin = self._rope(self.next_position[:, None])
-        bias = torch.zeros(self.valid.shape[0], t + 1, dtype=self.embed.dtype, device=tokens.device)
-        bias.masked_fill_(~self.valid[:, :t + 1], float("-inf"))
-        bias = bias[:, None, None]  # [B, 1, 1, T]: broadcast over kv heads and their query groups
+        bias = torch.zeros(self.valid.shape, dtype=self.embed.dtype, device=tokens.device)
+        bias = bias.masked_fill_(~self.valid, float("-inf"))[:, None, None]  # [B, 1, 1, cache positions]
         x = F.embedding(tokens[:, None], self.embed)
         for i, layer in enumerate(self.layers):
             x = x + self._step_attention(i, layer, x, cos, sin, bias)
@@ -155,6 +157,11 @@ class Decoder:
         self.length += 1
         self.next_position = self.next_position + 1
         return self._logits(x[:, -1])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these of the current rows (indices): the others' samples have ended."""
+        self.k_cache, self.v_cache = self.k_cache[:, rows], self.v_cache[:, rows]
+        self.valid, self.next_position = self.valid[rows], self.next_position[rows]
 
     # -- pieces ------------------------------------------------------------------------------------
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +196,10 @@ class Decoder:
         t = self.length
         self.k_cache[i, :, :, t] = k[:, 0]
         self.v_cache[i, :, :, t] = v[:, 0]
-        keys, values = self.k_cache[i, :, :, :t + 1], self.v_cache[i, :, :, :t + 1]
+        # over the whole cache, the positions not written yet masked: a slice [:t + 1] is strided, and
+        # torch's batched matmul then runs one small GEMM per row and head, ~3x slower at these sizes
+        # (the cache grows GROW positions at a time, so at most GROW - 1 of them are masked)
+        keys, values = self.k_cache[i], self.v_cache[i]
         # grouped-query attention without repeating k/v: each kv head's query group is one matmul
         q = q[:, 0].unflatten(1, (self.kv_heads, -1))  # [B, Hkv, G, d]
         scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.head_dim ** -0.5).add_(bias)
@@ -218,11 +228,17 @@ def sample(decoder: Decoder, input_ids: torch.Tensor, attention_mask: torch.Tens
            eos_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample continuations of left-padded prompts as transformers' generate() does (temperature,
     then top-p, then one multinomial draw per step over the whole batch from the global RNG; rows
-    that ended are fed and given `pad_id`), until every row has an <eos> or max_new_tokens. Returns
-    the generated ids [B, T] and each token's log-prob under the temperature-scaled distribution [B, T]."""
-    logits = decoder.start(input_ids, attention_mask, params.max_new_tokens)
+    that ended are given `pad_id`), until every row has an <eos> or max_new_tokens. Returns the
+    generated ids [B, T] and each token's log-prob under the temperature-scaled distribution [B, T].
+
+    Rows that ended leave the decoder once they are a quarter of its rows, and their logits are
+    zeros from then on: the draw still covers the whole batch, so it consumes the RNG as generate()'s
+    does (multinomial's exponential noise is drawn for every entry, whatever the values) and every
+    live row gets the token generate() would give it."""
+    logits = decoder.start(input_ids, attention_mask)
     eos = torch.tensor(eos_ids, device=logits.device)
     finished = torch.zeros(len(input_ids), dtype=torch.bool, device=logits.device)
+    live = torch.arange(len(input_ids), device=logits.device)  # the batch rows the decoder computes
     tokens, logprobs = [], []
     for step in range(params.max_new_tokens):
         scores = logits / params.temperature  # the behaviour policy
@@ -234,7 +250,11 @@ def sample(decoder: Decoder, input_ids: torch.Tensor, attention_mask: torch.Tens
         finished |= torch.isin(chosen, eos)
         if finished.all() or step == params.max_new_tokens - 1:
             break
-        logits = decoder.step(chosen)
+        if 4 * finished[live].sum() >= len(live):
+            kept = (~finished[live]).nonzero().squeeze(1)
+            decoder.keep(kept)
+            live = live[kept]
+        logits = torch.zeros_like(logits).index_copy_(0, live, decoder.step(chosen[live]))
     return torch.stack(tokens, 1), torch.stack(logprobs, 1)
 
 
