@@ -127,13 +127,16 @@ class Decoder:
         # positions as generate() gives them: the first real token of each left-padded row is 0
         positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
         self.next_position = positions[:, -1] + 1
-        self.valid = torch.zeros(batch, prompt + GROW, dtype=torch.bool, device=input_ids.device)
-        self.valid[:, :prompt] = attention_mask.bool()
+        valid = attention_mask.bool()
+        # the steps' additive attention mask [B, 1, 1, cache positions]: 0 on the prompts' tokens and the
+        # generated ones, -inf on padding and positions not written yet
+        self.bias = self.embed.new_full((batch, 1, 1, prompt + GROW), float("-inf"))
+        self.bias[:, 0, 0, :prompt].masked_fill_(valid, 0.0)
         self.length = prompt
         cos, sin = self._rope(positions)
         # causal and not padding; each position also sees itself, so a padding row's softmax is defined
         causal = torch.ones(prompt, prompt, dtype=torch.bool, device=input_ids.device).tril()
-        mask = (causal & self.valid[:, None, :prompt]) | torch.eye(prompt, dtype=torch.bool, device=input_ids.device)
+        mask = (causal & valid[:, None]) | torch.eye(prompt, dtype=torch.bool, device=input_ids.device)
         x = F.embedding(input_ids, self.embed)
         for i, layer in enumerate(self.layers):
             x = x + self._prefill_attention(i, layer, x, cos, sin, mask[:, None])
@@ -143,16 +146,14 @@ class Decoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row [B] at the next position; its logits [B, V] (float32)."""
         t = self.length
-        if t == self.valid.shape[1]:  # the cache is full: GROW more positions
+        if t == self.bias.shape[-1]:  # the cache is full: GROW more positions
             self.k_cache, self.v_cache = (F.pad(c, (0, 0, 0, GROW)) for c in (self.k_cache, self.v_cache))
-            self.valid = F.pad(self.valid, (0, GROW))
-        self.valid[:, t] = True  # generate() extends the attention mask with ones, finished rows too
+            self.bias = F.pad(self.bias, (0, GROW), value=float("-inf"))
+        self.bias[..., t] = 0.0  # generate() extends the attention mask with ones, finished rows too
         cos, sin = self._rope(self.next_position[:, None])
-        bias = torch.zeros(self.valid.shape, dtype=self.embed.dtype, device=tokens.device)
-        bias = bias.masked_fill_(~self.valid, float("-inf"))[:, None, None]  # [B, 1, 1, cache positions]
         x = F.embedding(tokens[:, None], self.embed)
         for i, layer in enumerate(self.layers):
-            x = x + self._step_attention(i, layer, x, cos, sin, bias)
+            x = x + self._step_attention(i, layer, x, cos, sin, self.bias)
             x = x + self._mlp(layer, x)
         self.length += 1
         self.next_position = self.next_position + 1
@@ -161,7 +162,7 @@ class Decoder:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only these of the current rows (indices): the others' samples have ended."""
         self.k_cache, self.v_cache = self.k_cache[:, rows], self.v_cache[:, rows]
-        self.valid, self.next_position = self.valid[rows], self.next_position[rows]
+        self.bias, self.next_position = self.bias[rows], self.next_position[rows]
 
     # -- pieces ------------------------------------------------------------------------------------
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +255,9 @@ def sample(decoder: Decoder, input_ids: torch.Tensor, attention_mask: torch.Tens
             kept = (~finished[live]).nonzero().squeeze(1)
             decoder.keep(kept)
             live = live[kept]
-        logits = torch.zeros_like(logits).index_copy_(0, live, decoder.step(chosen[live]))
+        logits = decoder.step(chosen[live])
+        if len(live) < len(finished):
+            logits = logits.new_zeros(len(finished), logits.shape[1]).index_copy_(0, live, logits)
     return torch.stack(tokens, 1), torch.stack(logprobs, 1)
 
 
