@@ -52,7 +52,7 @@ def bare_loop(model, tokenizer, prompts: list[str], n: int, params: SamplingPara
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         torch.manual_seed(seed + start)
         cache = DynamicCache(config=model.config)
-        logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, past_key_values=cache,
+        logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions, cache=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1]
         finished = torch.zeros(len(batch), dtype=torch.bool)
         lengths = torch.zeros(len(batch), dtype=torch.long)
@@ -66,7 +66,7 @@ def bare_loop(model, tokenizer, prompts: list[str], n: int, params: SamplingPara
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             positions = positions[:, -1:] + 1
             logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
-                           past_key_values=cache, use_cache=True).logits[:, -1]
+                           cache=cache, use_cache=True).logits[:, -1]
         samples, generated, read = samples + len(batch), generated + int(lengths.sum()), read + int(enc["attention_mask"].sum())
     return samples, generated, read
 

@@ -257,6 +257,10 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                                                              "http://0.0.0.0:8000)."),
           vllm_gpu_memory_utilization: float = typer.Option(0.3, help="colocate: share of each GPU for vLLM."),
           vllm_tensor_parallel_size: int = typer.Option(1, help="colocate: GPUs per vLLM engine."),
+          sampler: str = typer.Option("auto", help="Rollouts and evaluations: 'auto' (on CPU, a fast decode loop for "
+                                      "small Llama / Qwen models, else transformers) | 'hf' (transformers' generate)."),
+          split_grad_norms: bool = typer.Option(False, help="Log each part's gradient norm (prefixed / unprefixed) "
+                                                "with one backward pass per part (~1.6x the update on tiny models)."),
           max_completion_length: int = MAX_NEW, seed: int = SEED):
     """RL on prefixed problems (only the policy's own continuation is trained), or a baseline.
     Several GPUs: `accelerate launch --config_file configs/accelerate/... -m prefixrl.cli train ...`."""
@@ -279,7 +283,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                           micro_batch_size=micro_batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                           use_vllm=use_vllm, vllm_mode=vllm_mode, vllm_server_base_url=vllm_server_base_url,
                           vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
-                          vllm_tensor_parallel_size=vllm_tensor_parallel_size)
+                          vllm_tensor_parallel_size=vllm_tensor_parallel_size, sampler=sampler,
+                          split_grad_norms=split_grad_norms)
         by_id = problems_by_id(the_task)
         ids = list(dict.fromkeys(r["problem_id"] for r in rows))
         unknown = [pid for pid in ids if pid not in by_id]
