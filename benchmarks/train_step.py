@@ -12,7 +12,9 @@ Every trainer gets the same prefixed rows, reward function and GRPOConfig. The r
 - PrefixRL as trained now: rollouts by generate_fast's decode loop, one backward pass (the defaults).
 Prints seconds per step (first step excluded as warm-up), the share spent generating (and scoring)
 versus updating, and the ratios (target: the defaults >= 1.5x the earlier path). The trainers run
-one after another: on a shared machine only ratios from one run mean anything.
+one after another, --rounds times, in reversed order every other round (a load that drifts over the
+run then weighs on all alike), and each trainer's times are averaged over its rounds: on a shared
+machine only ratios from one run mean anything.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def main():
     parser.add_argument("--task", default="chain")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--problems-per-step", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
     task = load_task(args.task)
@@ -92,13 +95,17 @@ def main():
                 "PrefixRL, earlier path": (PrefixRLTrainer, dict(sampler="hf", split_grad_norms=True)),
                 "PrefixRL, hf rollouts": (PrefixRLTrainer, dict(sampler="hf")),
                 "PrefixRL, defaults": (PrefixRLTrainer, dict(sampler="auto"))}
-    times = {}
+    runs = {name: [] for name in trainers}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, (cls, extra)) in enumerate(trainers.items()):
-            if cls is PrefixRLTrainer:
-                extra = {**extra, "flops_ledger": FlopsLedger()}
-            times[name] = run(cls, model_path, rows, task, problems, cfg, Path(tmp) / str(i), **extra)
-    print(f"\n{args.steps} steps of {args.problems_per_step} problems x {cfg.num_generations} samples, "
+        for round_ in range(args.rounds):
+            for name in list(trainers)[::-1 if round_ % 2 else 1]:
+                cls, extra = trainers[name]
+                if cls is PrefixRLTrainer:
+                    extra = {**extra, "flops_ledger": FlopsLedger()}
+                out = Path(tmp) / f"round-{round_}-trainer-{list(trainers).index(name)}"
+                runs[name].append(run(cls, model_path, rows, task, problems, cfg, out, **extra))
+    times = {name: tuple(sum(x) / len(x) for x in zip(*r)) for name, r in runs.items()}
+    print(f"\n{args.steps} steps of {args.problems_per_step} problems x {cfg.num_generations} samples, {args.rounds} rounds, "
           f"{torch.get_num_threads()} threads, model {args.model}\n")
     print(f"| {'trainer':24} | {'s/step':>7} | {'generate+score':>14} | {'update':>7} |")
     print(f"|{'-' * 26}|{'-' * 9}|{'-' * 16}|{'-' * 9}|")

@@ -362,3 +362,25 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path):
     checkpoint(10)  # killed while writing the weights
     assert train_module._last_checkpoint(tmp_path) == complete
     assert train_module._last_checkpoint(tmp_path / "nowhere") is None
+
+
+def test_rollouts_on_cpu_sample_as_trl_does(setup, sort_task, tmp_path):
+    """On CPU the trainer's rollouts go through generate_fast's decode loop (sampler "auto"), and from
+    the same RNG state they are TRL's own `model.generate` rollouts (sampler "hf"), token for token
+    (but for a rare float-rounding tie), each cut after its first <eos>."""
+    reward = reward_function(sort_task, setup.problems)
+    fast, trl = make_trainer(setup, reward, tmp_path / "fast"), make_trainer(setup, reward, tmp_path / "hf", sampler="hf")
+    assert fast.fast_rollouts and not trl.fast_rollouts
+    prompt_ids = [setup.tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in setup.rows[:4]] * 4
+    samples = {}
+    for name, trainer in (("fast", fast), ("hf", trl)):
+        torch.manual_seed(0)
+        samples[name], logprobs = trainer._generate_single_turn(prompt_ids, None, {}, 2)
+        assert logprobs is None
+    same = sum(a == b for a, b in zip(samples["fast"], samples["hf"]))
+    assert same >= len(prompt_ids) - 1 and len({len(ids) for ids in samples["hf"]}) > 1
+    with pytest.raises(ValueError, match="sampler 'fast' cannot.*half precision"):
+        PrefixRLTrainer(model=tiny_model(setup.tok, SMALL), reward_funcs=reward, processing_class=setup.tok,
+                        args=grpo_config(TrainConfig(steps=1, problems_per_step=2, num_generations=2, bf16=True),
+                                         tmp_path / "bf16"),
+                        train_dataset=Dataset.from_list(setup.rows), flops_ledger=FlopsLedger(), sampler="fast")
