@@ -1,20 +1,20 @@
 """Seconds per PrefixRL training step: today's defaults against the earlier path and against stock
-TRL `GRPOTrainer`, same model, batch, lengths and prompts, in one process.
+TRL `GRPOTrainer`, same model, batch, lengths and prompts, in one process; and the update of one
+batch with and without the split backward (the per-part gradient norms).
 
-    python benchmarks/train_step.py [--model builtin:chain] [--task chain] [--steps 12]
+    python benchmarks/train_step.py [--model builtin:chain] [--task chain] [--steps 6] [--rounds 2]
 
-Every trainer gets the same prefixed rows, reward function and GRPOConfig. The rows:
+Every trainer gets the same prefixed rows, reward function and GRPOConfig:
 - stock GRPOTrainer (transformers' generate for the rollouts, one backward pass);
-- PrefixRL, the earlier path: rollouts by transformers' generate and one backward pass per part
-  (prefixed / unprefixed) for the split gradient norms (sampler="hf", split_grad_norms=True);
-- PrefixRL with transformers' rollouts and one backward pass: its own overhead over stock (split
-  metrics, FLOPs ledger; target 10% or less);
-- PrefixRL as trained now: rollouts by generate_fast's decode loop, one backward pass (the defaults).
+- PrefixRL, the earlier path: transformers' generate for the rollouts (sampler="hf"), plus its split
+  metrics, split backward and FLOPs ledger: its overhead over stock (target 10% or less);
+- PrefixRL with the defaults: rollouts by generate_fast's decode loop (target >= 1.5x the earlier path).
 Prints seconds per step (first step excluded as warm-up), the share spent generating (and scoring)
-versus updating, and the ratios (target: the defaults >= 1.5x the earlier path). The trainers run
-one after another, --rounds times, in reversed order every other round (a load that drifts over the
-run then weighs on all alike), and each trainer's times are averaged over its rounds: on a shared
-machine only ratios from one run mean anything.
+versus updating, and the ratios. The trainers run one after another, --rounds times, in reversed
+order every other round (a load that drifts over the run then weighs on all alike), and each
+trainer's times are averaged over its rounds: on a shared machine only ratios from one run mean
+anything. Then one mixed batch (prefixed and unprefixed rows) is updated --repeats times with and
+without split_grad_norms, alternately, and the median times printed.
 """
 
 from __future__ import annotations
@@ -74,13 +74,40 @@ def run(trainer_cls, model_path, rows, task, problems, cfg, out: Path, **extra) 
     return sum(steps) / len(steps), sum(gen) / len(gen)
 
 
+def update_times(model_path, rows, task, problems, cfg, repeats: int) -> tuple[float, float]:
+    """Median seconds of compute_loss + backward on one batch, with and without split_grad_norms."""
+    model, tokenizer = load_model(model_path, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), flops_ledger=FlopsLedger(),
+                                  args=grpo_config(cfg, Path(tmp)), train_dataset=Dataset.from_list(rows),
+                                  processing_class=tokenizer)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this skips
+    quarter = cfg.problems_per_step // 4
+    mixed = [r for r in rows if r["prefixed"]][:cfg.problems_per_step - quarter] + \
+        [r for r in rows if not r["prefixed"]][:quarter]
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions([dict(r) for r in mixed for _ in range(cfg.num_generations)])
+    batch["advantages"] = torch.randn(len(batch["advantages"]))  # every row trained
+    times = {True: [], False: []}
+    for _ in range(repeats):
+        for split in times:
+            trainer.split_grad_norms = split
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            trainer.compute_loss(model, batch).backward()
+            times[split].append(time.perf_counter() - start)
+    return tuple(sorted(times[split])[repeats // 2] for split in (True, False))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="builtin:chain")
     parser.add_argument("--task", default="chain")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--problems-per-step", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7, help="updates timed with and without the split")
     args = parser.parse_args()
 
     task = load_task(args.task)
@@ -92,9 +119,8 @@ def main():
     rows = prefixed_problems(tokenizer, traces, problems, PrefixConfig())
     cfg = TrainConfig(steps=args.steps, problems_per_step=args.problems_per_step, eval_every=0, save_every=10**6)
     trainers = {"GRPOTrainer (stock)": (GRPOTrainer, {}),
-                "PrefixRL, earlier path": (PrefixRLTrainer, dict(sampler="hf", split_grad_norms=True)),
-                "PrefixRL, hf rollouts": (PrefixRLTrainer, dict(sampler="hf")),
-                "PrefixRL, defaults": (PrefixRLTrainer, dict(sampler="auto"))}
+                "PrefixRL, earlier path": (PrefixRLTrainer, dict(sampler="hf")),
+                "PrefixRL, defaults": (PrefixRLTrainer, {})}
     runs = {name: [] for name in trainers}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
@@ -113,9 +139,13 @@ def main():
         print(f"| {name:24} | {step:7.3f} | {gen / step:14.0%} | {1 - gen / step:7.0%} |")
     step = {name: t[0] for name, t in times.items()}
     print(f"\nearlier path / defaults: {step['PrefixRL, earlier path'] / step['PrefixRL, defaults']:.2f}  (target >= 1.5)")
-    print(f"PrefixRL (hf rollouts) / stock: {step['PrefixRL, hf rollouts'] / step['GRPOTrainer (stock)']:.3f}  "
+    print(f"PrefixRL (earlier path) / stock: {step['PrefixRL, earlier path'] / step['GRPOTrainer (stock)']:.3f}  "
           "(target <= 1.10)")
     print(f"PrefixRL (defaults) / stock: {step['PrefixRL, defaults'] / step['GRPOTrainer (stock)']:.3f}")
+    split, single = update_times(model_path, rows, task, problems, cfg, args.repeats)
+    print(f"\none update of {args.problems_per_step} problems x {cfg.num_generations} samples, a quarter of them "
+          f"unprefixed (median of {args.repeats}): split backward {split:.2f} s, single pass {single:.2f} s, "
+          f"split / single {split / single:.2f}")
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ def all_grads(model):
 
 
 def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setup, sort_task, tmp_path):
-    trainer = make_trainer(setup, mixed_rewards(sort_task, setup.problems), tmp_path, split_grad_norms=True)
+    trainer = make_trainer(setup, mixed_rewards(sort_task, setup.problems), tmp_path)
     model = trainer.model
     prefixed = [r for r in setup.rows if r["prefixed"]]
     batch = [dict(r) for r in (prefixed[0], setup.rows[-1], prefixed[4]) for _ in range(2)]
@@ -271,6 +271,11 @@ def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setu
     for name, grad in parts.items():
         assert metrics[f"grad_norm_{name}"] == [pytest.approx(grad.norm().item(), rel=1e-4)]
         assert metrics[f"entropy_{name}"] and all(0 < e < 5 for e in metrics[f"entropy_{name}"])
+    trainer.split_grad_norms = False  # TRL's single pass: the same gradient, no per-part norms
+    model.zero_grad(set_to_none=True)
+    trainer.compute_loss(model, out).backward()
+    assert torch.allclose(all_grads(model), whole, rtol=1e-4, atol=1e-7)
+    assert [len(metrics[f"grad_norm_{name}"]) for name in parts] == [1, 1]
 
 
 @pytest.mark.parametrize("weight", ["is", "luffy"])

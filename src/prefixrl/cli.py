@@ -259,8 +259,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
           vllm_tensor_parallel_size: int = typer.Option(1, help="colocate: GPUs per vLLM engine."),
           sampler: str = typer.Option("auto", help="Rollouts and evaluations: 'auto' (on CPU, a fast decode loop for "
                                       "small Llama / Qwen models, else transformers) | 'hf' (transformers' generate)."),
-          split_grad_norms: bool = typer.Option(False, help="Log each part's gradient norm (prefixed / unprefixed) "
-                                                "with one backward pass per part (~1.6x the update on tiny models)."),
+          split_grad_norms: bool = typer.Option(True, help="Log each part's gradient norm (prefixed / unprefixed) "
+                                                "with one backward pass per part (--no-split-grad-norms: TRL's one pass)."),
           max_completion_length: int = MAX_NEW, seed: int = SEED):
     """RL on prefixed problems (only the policy's own continuation is trained), or a baseline.
     Several GPUs: `accelerate launch --config_file configs/accelerate/... -m prefixrl.cli train ...`."""

@@ -86,9 +86,10 @@ class TrainConfig:
     sampler: str = "auto"  # rollouts, evaluations and calibrations: auto (on CPU, generate_fast's decode loop
     # where it supports the model, ~3x faster, same samples in distribution; else transformers') | hf (always
     # transformers' generate, TRL's own rollouts) | fast (the decode loop, or an error)
-    split_grad_norms: bool = False  # one backward pass per part (prefixed, then unprefixed rows) to log each
-    # part's gradient norm (grad_norm_prefixed / _unprefixed): the same gradient, but the update costs ~1.6x on the
-    # tiny models (benchmarks/train_step.py), so it is a diagnostic to switch on, not a default
+    split_grad_norms: bool = True  # one backward pass per part (prefixed, then unprefixed rows) to log each
+    # part's gradient norm (grad_norm_prefixed / _unprefixed), the same gradient. Off: TRL's single pass. On the
+    # tiny models it costs nothing measurable (each part is padded to its own longest continuation, which pays
+    # for the second pass: benchmarks/train_step.py); switch it off where the second pass shows
     # -- scale: memory and processes (a step's batch stays problems_per_step x num_generations) ---------
     micro_batch_size: int | None = None  # samples per process per forward/backward (None: its whole share);
     # smaller ones accumulate gradients, so the optimizer still steps once per batch
@@ -156,7 +157,7 @@ class PrefixRLTrainer(GRPOTrainer):
     off-policy baselines only, a correct trace in place of one sample per group."""
 
     def __init__(self, *args, flops_ledger: FlopsLedger, off_policy: OffPolicyTraces | None = None,
-                 sampler: str = "auto", split_grad_norms: bool = False, **kwargs):
+                 sampler: str = "auto", split_grad_norms: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.flops_ledger, self.off_policy = flops_ledger, off_policy
         self.split_grad_norms = split_grad_norms
@@ -294,9 +295,9 @@ class PrefixRLTrainer(GRPOTrainer):
     # -- the update -----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """With split_grad_norms, one backward pass per part (prefixed rows, then unprefixed rows), so
-        each part's gradient norm is measured; their gradients add up to the batch's, in the same
-        FLOPs but twice the passes (on the tiny models, per-pass overhead makes that ~1.6x the update).
-        Otherwise, and for multi-process runs (whose backward synchronises across processes) and an
+        each part's gradient norm is measured; their gradients add up to the batch's. Twice the
+        passes, but each part is padded only to its own longest continuation (prefixed ones are
+        shorter): on the tiny models the update costs what one pass costs. Otherwise, and for multi-process runs (whose backward synchronises across processes) and an
         entropy bonus (not a sum over rows), TRL's single pass."""
         parts = [(name, rows) for name, rows in _parts(inputs) if rows.any()]
         single = len(parts) < 2 or self.accelerator.num_processes > 1 or self._entropy_bonus_enabled
