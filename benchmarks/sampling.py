@@ -67,7 +67,8 @@ def bare_loop(model, tokenizer, prompts: list[str], n: int, params: SamplingPara
             positions = positions[:, -1:] + 1
             logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=positions,
                            cache=cache, use_cache=True).logits[:, -1]
-        samples, generated, read = samples + len(batch), generated + int(lengths.sum()), read + int(enc["attention_mask"].sum())
+        samples, generated = samples + len(batch), generated + int(lengths.sum())
+        read += int(enc["attention_mask"].sum())
     return samples, generated, read
 
 
@@ -113,9 +114,15 @@ def main():
             rows = json.loads((Path(tmp) / "collect.json").read_text())["per_problem"]
         return tuple(sum(r[k] for r in rows) for k in ("samples", "generated_tokens", "prompt_tokens"))
 
-    paths = {"model.generate": lambda: counts(hf.generate(prompts, args.attempts, seed=0)),
+    kept = {}  # each sampler's samples: the same seeds, so the same samples up to float-rounding ties
+
+    def sampled(name, sampler):
+        kept[name] = sampler.generate(prompts, args.attempts, seed=0)
+        return counts(kept[name])
+
+    paths = {"model.generate": lambda: sampled("hf", hf),
              "bare HF loop": lambda: bare_loop(model, tokenizer, prompts, args.attempts, params, seed=0),
-             "fast loop": lambda: counts(fast.generate(prompts, args.attempts, seed=0)),
+             "fast loop": lambda: sampled("fast", fast),
              "collect (fast)": run_collect}
     fast.generate(prompts[:1], 8, seed=0), hf.generate(prompts[:1], 8, seed=0)  # warm-up
     best = {name: (float("inf"), None) for name in paths}
@@ -142,6 +149,9 @@ def main():
     print(f"fast / bare HF loop (samples/s): {rate['fast loop'] / rate['bare HF loop']:.2f}  (target >= 2)")
     print(f"fast / model.generate (samples/s): {rate['fast loop'] / rate['model.generate']:.2f}")
     print(f"collect (fast) / fast loop (samples/s): {rate['collect (fast)'] / rate['fast loop']:.2f}")
+    pairs = [(a.token_ids, b.token_ids) for ga, gb in zip(kept["hf"], kept["fast"]) for a, b in zip(ga, gb)]
+    print(f"fast loop's samples identical to model.generate's (same seeds): {sum(a == b for a, b in pairs)} "
+          f"of {len(pairs)}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ the architectures it does not implement (auto falls back to transformers)."""
 
 import pytest
 import torch
-from transformers import (DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+from transformers import (DynamicCache, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
 from prefixrl.generate import HFSampler, SamplingParams, make_sampler, sampler_for

@@ -374,7 +374,8 @@ def test_rollouts_on_cpu_sample_as_trl_does(setup, sort_task, tmp_path):
     the same RNG state they are TRL's own `model.generate` rollouts (sampler "hf"), token for token
     (but for a rare float-rounding tie), each cut after its first <eos>."""
     reward = reward_function(sort_task, setup.problems)
-    fast, trl = make_trainer(setup, reward, tmp_path / "fast"), make_trainer(setup, reward, tmp_path / "hf", sampler="hf")
+    fast = make_trainer(setup, reward, tmp_path / "fast")
+    trl = make_trainer(setup, reward, tmp_path / "hf", sampler="hf")
     assert fast.fast_rollouts and not trl.fast_rollouts
     prompt_ids = [setup.tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in setup.rows[:4]] * 4
     samples = {}

@@ -52,9 +52,10 @@ def check_supported(model) -> None:
     else:
         if getattr(config, "hidden_act", "silu") != "silu":
             problems.append(f"hidden_act {config.hidden_act!r} (only silu)")
-        rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-        if rope.get("rope_type", rope.get("type", "default")) not in STATIC_ROPE:
-            problems.append(f"rope_type {rope.get('rope_type', rope.get('type'))!r} (supported: {', '.join(STATIC_ROPE)})")
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in STATIC_ROPE:
+            problems.append(f"rope_type {rope_type!r} (supported: {', '.join(STATIC_ROPE)})")
         if any(t != "full_attention" for t in getattr(config, "layer_types", None) or []):
             problems.append("sliding-window attention layers")
         if getattr(config, "pretraining_tp", 1) != 1:
@@ -114,7 +115,8 @@ class Decoder:
                 in_norm=layer.input_layernorm.weight, post_norm=layer.post_attention_layernorm.weight,
                 qkv_w=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
                 qkv_b=_cat_bias(a.q_proj, a.k_proj, a.v_proj), qk_norm=qk_norm, o_w=a.o_proj.weight, o_b=a.o_proj.bias,
-                gate_up_w=torch.cat([m.gate_proj.weight, m.up_proj.weight]), gate_up_b=_cat_bias(m.gate_proj, m.up_proj),
+                gate_up_w=torch.cat([m.gate_proj.weight, m.up_proj.weight]),
+                gate_up_b=_cat_bias(m.gate_proj, m.up_proj),
                 down_w=m.down_proj.weight, down_b=m.down_proj.bias))
 
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ baseline (no std scaling, no KL, one update per batch so the ratio is 1), 8 samp
 
 The subclass adds to GRPOTrainer, in small hooks: metrics split by prefixed / unprefixed groups
 (reward, zero-advantage share, entropy, and with split_grad_norms the gradient norm from one
-backward pass per part); rollouts on CPU through generate_fast's decode loop (TrainConfig.sampler); the
-FLOPs ledger (rollouts 2·N·D, updates 6·N·D, prompt and prefix tokens counted); for the off-policy
+backward pass per part); rollouts on CPU through generate_fast's decode loop (TrainConfig.sampler);
+the FLOPs ledger (rollouts 2·N·D, updates 6·N·D, prompt and prefix tokens counted); for the off-policy
 baselines only, a correct trace in place of each group's last sample with its own token weights;
 and rows that can change during training (prefixrl-adaptive). Callbacks evaluate *unprefixed*
 pass@1 every `eval_every` steps and stop a run at its FLOPs budget. Methods: see methods.py.
@@ -83,8 +83,8 @@ class TrainConfig:
     is_truncation: float | None = None  # offpolicy-is: cap on the importance weight pi/mu (None: none)
     luffy_gamma: float = 0.1  # luffy: the shaping constant in pi / (pi + gamma)
     seed: int = 0
-    sampler: str = "auto"  # rollouts, evaluations and calibrations: auto (on CPU, generate_fast's decode loop
-    # where it supports the model, ~3x faster, same samples in distribution; else transformers') | hf (always
+    sampler: str = "auto"  # rollouts and evaluations: auto (on CPU, generate_fast's decode loop where it supports
+    # the model: ~2x faster, the same samples up to float-rounding ties; else transformers') | hf (always
     # transformers' generate, TRL's own rollouts) | fast (the decode loop, or an error)
     split_grad_norms: bool = True  # one backward pass per part (prefixed, then unprefixed rows) to log each
     # part's gradient norm (grad_norm_prefixed / _unprefixed), the same gradient. Off: TRL's single pass. On the
@@ -297,8 +297,9 @@ class PrefixRLTrainer(GRPOTrainer):
         """With split_grad_norms, one backward pass per part (prefixed rows, then unprefixed rows), so
         each part's gradient norm is measured; their gradients add up to the batch's. Twice the
         passes, but each part is padded only to its own longest continuation (prefixed ones are
-        shorter): on the tiny models the update costs what one pass costs. Otherwise, and for multi-process runs (whose backward synchronises across processes) and an
-        entropy bonus (not a sum over rows), TRL's single pass."""
+        shorter): on the tiny models the update costs what one pass costs. Otherwise, and for
+        multi-process runs (whose backward synchronises across processes) and an entropy bonus (not
+        a sum over rows), TRL's single pass."""
         parts = [(name, rows) for name, rows in _parts(inputs) if rows.any()]
         single = len(parts) < 2 or self.accelerator.num_processes > 1 or self._entropy_bonus_enabled
         if single or not self.split_grad_norms:
