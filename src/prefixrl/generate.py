@@ -2,7 +2,7 @@
 
 Backends: `HFSampler` (transformers `generate` with the KV cache; CPU or GPU) here, `FastSampler`
 in `generate_fast.py` (a lean decode loop for small Llama / Qwen models on CPU, the same samples in
-distribution, ~3x faster) and `VLLMSampler` in `generate_vllm.py` when vLLM is installed.
+distribution, ~2x faster) and `VLLMSampler` in `generate_vllm.py` when vLLM is installed.
 `make_sampler` and `sampler_for` pick one by name; "auto" (the default) is the fast loop on CPU
 where it supports the model, else transformers.
 """
