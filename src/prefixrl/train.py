@@ -219,7 +219,8 @@ class PrefixRLTrainer(GRPOTrainer):
             ("a GPU", self.accelerator.device.type != "cpu"), ("several processes", self.accelerator.num_processes > 1),
             ("half precision", self.args.bf16 or self.args.fp16), ("a vision model", self._is_vlm),
             ("top_k / min_p / repetition_penalty", self.top_k not in (0, None) or self.min_p is not None
-             or self.repetition_penalty not in (None, 1.0)), ("generation_kwargs", self.args.generation_kwargs))
+             or self.repetition_penalty not in (None, 1.0)), ("generation_kwargs", self.args.generation_kwargs),
+            ("attention dropout (TRL samples in training mode)", getattr(self.model.config, "attention_dropout", 0)))
             if bad]
         if not why:
             try:
