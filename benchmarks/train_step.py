@@ -1,12 +1,20 @@
-"""Seconds per PrefixRL training step against stock TRL `GRPOTrainer`, same model, batch, lengths
-and prompts, in one process.
+"""Seconds per PrefixRL training step: today's defaults against the earlier path and against stock
+TRL `GRPOTrainer`, same model, batch, lengths and prompts, in one process; and the update of one
+batch with and without the split backward (the per-part gradient norms).
 
-    python benchmarks/train_step.py [--model builtin:sort] [--task sort] [--steps 12]
+    python benchmarks/train_step.py [--model builtin:chain] [--task chain] [--steps 6] [--rounds 2]
 
-Both trainers get the same prefixed rows, reward function and GRPOConfig; PrefixRLTrainer adds its
-split metrics and FLOPs ledger. Prints seconds per step (first step excluded as warm-up), the
-ratio (target: overhead 10% or less) and the share of step time spent generating (and scoring)
-versus updating.
+Every trainer gets the same prefixed rows, reward function and GRPOConfig:
+- stock GRPOTrainer (transformers' generate for the rollouts, one backward pass);
+- PrefixRL, the earlier path: transformers' generate for the rollouts (sampler="hf"), plus its split
+  metrics, split backward and FLOPs ledger: its overhead over stock (target 10% or less);
+- PrefixRL with the defaults: rollouts by generate_fast's decode loop (target >= 1.5x the earlier path).
+Prints seconds per step (first step excluded as warm-up), the share spent generating (and scoring)
+versus updating, and the ratios. The trainers run one after another, --rounds times, in reversed
+order every other round (a load that drifts over the run then weighs on all alike), and each
+trainer's times are averaged over its rounds: on a shared machine only ratios from one run mean
+anything. Then one mixed batch (prefixed and unprefixed rows) is updated --repeats times with and
+without split_grad_norms, alternately, and the median times printed.
 """
 
 from __future__ import annotations
@@ -66,12 +74,40 @@ def run(trainer_cls, model_path, rows, task, problems, cfg, out: Path, **extra) 
     return sum(steps) / len(steps), sum(gen) / len(gen)
 
 
+def update_times(model_path, rows, task, problems, cfg, repeats: int) -> tuple[float, float]:
+    """Median seconds of compute_loss + backward on one batch, with and without split_grad_norms."""
+    model, tokenizer = load_model(model_path, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), flops_ledger=FlopsLedger(),
+                                  args=grpo_config(cfg, Path(tmp)), train_dataset=Dataset.from_list(rows),
+                                  processing_class=tokenizer)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this skips
+    quarter = cfg.problems_per_step // 4
+    mixed = [r for r in rows if r["prefixed"]][:cfg.problems_per_step - quarter] + \
+        [r for r in rows if not r["prefixed"]][:quarter]
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions([dict(r) for r in mixed for _ in range(cfg.num_generations)])
+    batch["advantages"] = torch.randn(len(batch["advantages"]))  # every row trained
+    times = {True: [], False: []}
+    for _ in range(repeats):
+        for split in times:
+            trainer.split_grad_norms = split
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            trainer.compute_loss(model, batch).backward()
+            times[split].append(time.perf_counter() - start)
+    return tuple(sorted(times[split])[repeats // 2] for split in (True, False))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="builtin:sort")
-    parser.add_argument("--task", default="sort")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--model", default="builtin:chain")
+    parser.add_argument("--task", default="chain")
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--problems-per-step", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7, help="updates timed with and without the split")
     args = parser.parse_args()
 
     task = load_task(args.task)
@@ -82,17 +118,34 @@ def main():
     traces = [{"problem_id": p.id, "completion": c} for p, (_, c) in zip(task.problems("train"), task.corpus(64, seed=1))]
     rows = prefixed_problems(tokenizer, traces, problems, PrefixConfig())
     cfg = TrainConfig(steps=args.steps, problems_per_step=args.problems_per_step, eval_every=0, save_every=10**6)
+    trainers = {"GRPOTrainer (stock)": (GRPOTrainer, {}),
+                "PrefixRL, earlier path": (PrefixRLTrainer, dict(sampler="hf")),
+                "PrefixRL, defaults": (PrefixRLTrainer, {})}
+    runs = {name: [] for name in trainers}
     with tempfile.TemporaryDirectory() as tmp:
-        stock = run(GRPOTrainer, model_path, rows, task, problems, cfg, Path(tmp) / "stock")
-        ours = run(PrefixRLTrainer, model_path, rows, task, problems, cfg, Path(tmp) / "prefixrl",
-                   flops_ledger=FlopsLedger())
-    print(f"\n{args.steps} steps of {args.problems_per_step} problems x {cfg.num_generations} samples, "
+        for round_ in range(args.rounds):
+            for name in list(trainers)[::-1 if round_ % 2 else 1]:
+                cls, extra = trainers[name]
+                if cls is PrefixRLTrainer:
+                    extra = {**extra, "flops_ledger": FlopsLedger()}
+                out = Path(tmp) / f"round-{round_}-trainer-{list(trainers).index(name)}"
+                runs[name].append(run(cls, model_path, rows, task, problems, cfg, out, **extra))
+    times = {name: tuple(sum(x) / len(x) for x in zip(*r)) for name, r in runs.items()}
+    print(f"\n{args.steps} steps of {args.problems_per_step} problems x {cfg.num_generations} samples, {args.rounds} rounds, "
           f"{torch.get_num_threads()} threads, model {args.model}\n")
-    print(f"| {'trainer':16} | {'s/step':>7} | {'generate+score':>14} | {'update':>7} |")
-    print(f"|{'-' * 18}|{'-' * 9}|{'-' * 16}|{'-' * 9}|")
-    for name, (step, gen) in (("GRPOTrainer", stock), ("PrefixRLTrainer", ours)):
-        print(f"| {name:16} | {step:7.3f} | {gen / step:14.0%} | {1 - gen / step:7.0%} |")
-    print(f"\nPrefixRL / stock seconds per step: {ours[0] / stock[0]:.3f}  (target <= 1.10)")
+    print(f"| {'trainer':24} | {'s/step':>7} | {'generate+score':>14} | {'update':>7} |")
+    print(f"|{'-' * 26}|{'-' * 9}|{'-' * 16}|{'-' * 9}|")
+    for name, (step, gen) in times.items():
+        print(f"| {name:24} | {step:7.3f} | {gen / step:14.0%} | {1 - gen / step:7.0%} |")
+    step = {name: t[0] for name, t in times.items()}
+    print(f"\nearlier path / defaults: {step['PrefixRL, earlier path'] / step['PrefixRL, defaults']:.2f}  (target >= 1.5)")
+    print(f"PrefixRL (earlier path) / stock: {step['PrefixRL, earlier path'] / step['GRPOTrainer (stock)']:.3f}  "
+          "(target <= 1.10)")
+    print(f"PrefixRL (defaults) / stock: {step['PrefixRL, defaults'] / step['GRPOTrainer (stock)']:.3f}")
+    split, single = update_times(model_path, rows, task, problems, cfg, args.repeats)
+    print(f"\none update of {args.problems_per_step} problems x {cfg.num_generations} samples, a quarter of them "
+          f"unprefixed (median of {args.repeats}): split backward {split:.2f} s, single pass {single:.2f} s, "
+          f"split / single {split / single:.2f}")
 
 
 if __name__ == "__main__":

@@ -115,13 +115,12 @@ def chain_task():
 
 
 def record_sampler_params(monkeypatch, module) -> list[SamplingParams]:
-    """The SamplingParams of every HFSampler `module` makes from now on (the sampler still works)."""
-    made = []
+    """The SamplingParams of every sampler `module` makes with `sampler_for` from now on (the sampler still works)."""
+    made, inner = [], module.sampler_for
 
-    class Recording(module.HFSampler):
-        def __init__(self, model, tokenizer, params):
-            made.append(params)
-            super().__init__(model, tokenizer, params)
+    def recording(model, tokenizer, params, backend=None):
+        made.append(params)
+        return inner(model, tokenizer, params, backend)
 
-    monkeypatch.setattr(module, "HFSampler", Recording)
+    monkeypatch.setattr(module, "sampler_for", recording)
     return made

@@ -120,17 +120,10 @@ def test_prefixes_calibration_samples_up_to_max_completion_length(model_dir, tmp
     """--calibrate-n samples as many tokens as training will generate (--max-completion-length), not
     SamplingParams' default."""
     import prefixrl.generate
-    from conftest import solve_sort
+    from conftest import record_sampler_params, solve_sort
     from prefixrl.files import write_jsonl
 
-    made = []
-
-    class Recording(HFSampler):
-        def __init__(self, model, tokenizer, params):
-            made.append(params)
-            super().__init__(model, tokenizer, params)
-
-    monkeypatch.setattr(prefixrl.generate, "HFSampler", Recording)
+    made = record_sampler_params(monkeypatch, prefixrl.generate)
     problem = sort_task.problems("train")[0]
     write_jsonl(tmp_path / "traces.jsonl", [{"problem_id": problem.id, "prompt": problem.prompt,
                                             "completion": solve_sort(problem.prompt)}])

@@ -252,6 +252,26 @@ def test_workers_exit_when_the_experiment_is_killed(tmp_path):
     assert not _alive(worker)
 
 
+def _thread_settings() -> tuple[int, int, str | None]:
+    return torch.get_num_threads(), torch.get_num_interop_threads(), os.environ.get("TOKENIZERS_PARALLELISM")
+
+
+def test_workers_split_the_cores_between_them():
+    """Two workers get half the cores this process may use each, in torch's intra-op and inter-op
+    pools, and the tokenizers' pool is off: together they never ask for more threads than cores."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from prefixrl.experiment import _init_worker, threads_per_worker
+
+    cores = len(os.sched_getaffinity(0))
+    share = threads_per_worker(2)
+    assert share == max(1, cores // 2) and threads_per_worker(4 * cores) == 1
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(share, os.getpid())) as pool:
+        assert pool.submit(_thread_settings).result() == (share, share, "false")
+
+
 def _alive(pid: int) -> bool:
     """Running, and not a zombie waiting to be reaped (a container's init may never reap it)."""
     try:

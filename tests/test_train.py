@@ -47,11 +47,11 @@ def setup(sort_task, tmp_path_factory):
                            rows=prefixed_problems(tok, traces, problems))
 
 
-def make_trainer(setup, reward, out_dir):
+def make_trainer(setup, reward, out_dir, **extra):
     cfg = TrainConfig(steps=1, problems_per_step=2, num_generations=2, max_completion_length=MAX_LEN)
     trainer = PrefixRLTrainer(model=tiny_model(setup.tok, SMALL), reward_funcs=reward, args=grpo_config(cfg, out_dir),
                               train_dataset=Dataset.from_list(setup.rows), processing_class=setup.tok,
-                              flops_ledger=FlopsLedger())
+                              flops_ledger=FlopsLedger(), **extra)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which these tests skip
     return trainer
@@ -271,6 +271,11 @@ def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setu
     for name, grad in parts.items():
         assert metrics[f"{name}/grad_norm"] == [pytest.approx(grad.norm().item(), rel=1e-4)]
         assert metrics[f"{name}/entropy"] and all(0 < e < 5 for e in metrics[f"{name}/entropy"])
+    trainer.split_grad_norms = False  # TRL's single pass: the same gradient, no per-part norms
+    model.zero_grad(set_to_none=True)
+    trainer.compute_loss(model, out).backward()
+    assert torch.allclose(all_grads(model), whole, rtol=1e-4, atol=1e-7)
+    assert [len(metrics[f"{name}/grad_norm"]) for name in parts] == [1, 1]
 
 
 @pytest.mark.parametrize("weight", ["is", "luffy"])
@@ -362,3 +367,26 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path):
     checkpoint(10)  # killed while writing the weights
     assert train_module._last_checkpoint(tmp_path) == complete
     assert train_module._last_checkpoint(tmp_path / "nowhere") is None
+
+
+def test_rollouts_on_cpu_sample_as_trl_does(setup, sort_task, tmp_path):
+    """On CPU the trainer's rollouts go through generate_fast's decode loop (sampler "auto"), and from
+    the same RNG state they are TRL's own `model.generate` rollouts (sampler "hf"), token for token
+    (but for a rare float-rounding tie), each cut after its first <eos>."""
+    reward = reward_function(sort_task, setup.problems)
+    fast = make_trainer(setup, reward, tmp_path / "fast")
+    trl = make_trainer(setup, reward, tmp_path / "hf", sampler="hf")
+    assert fast.fast_rollouts and not trl.fast_rollouts
+    prompt_ids = [setup.tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in setup.rows[:4]] * 4
+    samples = {}
+    for name, trainer in (("fast", fast), ("hf", trl)):
+        torch.manual_seed(0)
+        samples[name], logprobs = trainer._generate_single_turn(prompt_ids, None, {}, 2)
+        assert logprobs is None
+    same = sum(a == b for a, b in zip(samples["fast"], samples["hf"]))
+    assert same >= len(prompt_ids) - 1 and len({len(ids) for ids in samples["hf"]}) > 1
+    with pytest.raises(ValueError, match="sampler 'fast' cannot.*half precision"):
+        PrefixRLTrainer(model=tiny_model(setup.tok, SMALL), reward_funcs=reward, processing_class=setup.tok,
+                        args=grpo_config(TrainConfig(steps=1, problems_per_step=2, num_generations=2, bf16=True),
+                                         tmp_path / "bf16"),
+                        train_dataset=Dataset.from_list(setup.rows), flops_ledger=FlopsLedger(), sampler="fast")

@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 
 from prefixrl.files import AppendLog, read_jsonl, write_jsonl
 from prefixrl.flops import FlopsLedger
-from prefixrl.generate import HFSampler, SamplingParams
+from prefixrl.generate import SamplingParams, sampler_for
 from prefixrl.models import n_params
 from prefixrl.prefixes import PrefixConfig, calibrate, prefixed_problems, with_context_limit
 from prefixrl.tasks import Problem, Task
@@ -97,7 +97,7 @@ class AdaptivePrefixes(TrainerCallback):
         was_training = model.training
         model.eval()
         params = SamplingParams(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
-        sampler = HFSampler(model, tokenizer, params)
+        sampler = sampler_for(model, tokenizer, params)
         prefix_cfg = with_context_limit(self.prefix_cfg, model, self.max_new_tokens)
         calibration = calibrate(self.task, sampler, tokenizer, traces, self.problems, folder, n=self.cfg.n,
                                 seed=step, quiet=True, cfg=prefix_cfg)

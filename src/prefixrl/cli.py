@@ -31,7 +31,8 @@ console = Console()
 TASK = typer.Option("sort", "--task", "-t", help="Built-in task name, or `module:Class` of your own task.")
 TASK_ARGS = typer.Option([], "--task-arg", help="A task option KEY=VALUE (repeatable): numbers, true/false and "
                          "[lists] are typed, other values are text. E.g. --task-arg train=data/train.jsonl.")
-BACKEND = typer.Option("hf", help="Generation backend: 'hf' (transformers) or 'vllm'.")
+BACKEND = typer.Option("auto", help="Generation backend: 'auto' (on CPU, a fast decode loop for small Llama / Qwen "
+                       "models, else transformers), 'fast', 'hf' (transformers' generate) or 'vllm'.")
 TEMPERATURE = typer.Option(1.0, help="Sampling temperature.")
 # defaults from one source: SamplingParams' and TrainConfig's (read when the command runs: importing
 # them here would load torch for `prefixrl --help`)
@@ -67,7 +68,7 @@ def _sampler(model: str, backend: str, temperature: float, max_new_tokens: int |
     from prefixrl.generate import SamplingParams, make_sampler
     from prefixrl.models import resolve_model
 
-    params = SamplingParams(temperature=temperature, batch_size=batch_size,
+    params = SamplingParams(temperature=temperature, batch_size=batch_size, backend=backend,
                             **({} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}))
     try:
         return make_sampler(backend, resolve_model(model), params)
@@ -248,11 +249,11 @@ def prefixes(model: str = typer.Argument(..., help="The policy (its tokenizer cu
         problems = problems_by_id(the_task)
         calibration = None
         if calibrate_n:
-            from prefixrl.generate import HFSampler, SamplingParams
+            from prefixrl.generate import SamplingParams, sampler_for
             from prefixrl.prefixes import calibrate, success_curve
             from prefixrl.report import plot_success_vs_prefix
 
-            sampler = HFSampler(model_obj, tokenizer, SamplingParams(max_new_tokens=max_completion_length))
+            sampler = sampler_for(model_obj, tokenizer, SamplingParams(max_new_tokens=max_completion_length))
             calibration = calibrate(the_task, sampler, tokenizer, all_traces, problems, out, n=calibrate_n,
                                     seed=seed, quiet=quiet, cfg=cfg)
             curve = success_curve(calibration)
@@ -316,6 +317,10 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                                                              "http://0.0.0.0:8000)."),
           vllm_gpu_memory_utilization: float = typer.Option(0.3, help="colocate: share of each GPU for vLLM."),
           vllm_tensor_parallel_size: int = typer.Option(1, help="colocate: GPUs per vLLM engine."),
+          sampler: str = typer.Option("auto", help="Rollouts and evaluations: 'auto' (on CPU, a fast decode loop for "
+                                      "small Llama / Qwen models, else transformers) | 'hf' (transformers' generate)."),
+          split_grad_norms: bool = typer.Option(True, help="Log each part's gradient norm (prefixed / unprefixed) "
+                                                "with one backward pass per part (--no-split-grad-norms: TRL's one pass)."),
           max_completion_length: Optional[int] = MAX_COMPLETION, seed: int = SEED,
           report_to: Optional[str] = REPORT_TO):
     """RL on prefixed problems (only the policy's own continuation is trained), or a baseline.
@@ -340,7 +345,8 @@ def train(model: str = typer.Argument(..., help="The base policy: a model folder
                           micro_batch_size=micro_batch_size, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
                           use_vllm=use_vllm, vllm_mode=vllm_mode, vllm_server_base_url=vllm_server_base_url,
                           vllm_gpu_memory_utilization=vllm_gpu_memory_utilization,
-                          vllm_tensor_parallel_size=vllm_tensor_parallel_size, report_to=report_to or "none")
+                          vllm_tensor_parallel_size=vllm_tensor_parallel_size, report_to=report_to or "none",
+                          sampler=sampler, split_grad_norms=split_grad_norms)
         by_id = problems_by_id(the_task)
         ids = list(dict.fromkeys(r["problem_id"] for r in rows))
         unknown = [pid for pid in ids if pid not in by_id]

@@ -72,13 +72,14 @@ def run_demo(config_path: str | Path, out: str | Path, quiet: bool = False, cons
     console.rule("evaluate: unprefixed pass@k, base vs trained")
     results = {}
     for name, path in (("base", model_path), ("trained", str(trained))):
-        eval_sampler = make_sampler("hf", path, SamplingParams(temperature=cfg.evaluate.temperature,
-                                    max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.sampling.batch_size))
+        eval_sampler = make_sampler(None, path, SamplingParams(
+            temperature=cfg.evaluate.temperature, max_new_tokens=cfg.sampling.max_new_tokens,
+            batch_size=cfg.sampling.batch_size, backend=cfg.sampling.backend))
         for split, split_problems in evals.items():
             results[(name, split)] = evaluate(task, eval_sampler, split_problems, cfg.evaluate.n,
                                               out / "evaluate" / f"{name}-{split}", seed=cfg.seed, quiet=quiet)
     # success vs prefix at the sampling temperature, as for the base policy above
-    trained_curve = success_curve(calibrate(task, make_sampler("hf", str(trained), cfg.sampling),
+    trained_curve = success_curve(calibrate(task, make_sampler(None, str(trained), cfg.sampling),
                                             data.sampler.tokenizer, calibration_traces, by_id,
                                             out / "prefixes" / "trained", n=cfg.evaluate.calibration_n,
                                             seed=cfg.seed, quiet=quiet))

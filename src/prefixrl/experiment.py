@@ -144,7 +144,7 @@ def _train_all(cfg: ExperimentConfig, out: Path, data, evals: dict, runs: list[t
                 failed(job, error)
     else:  # one process per run, each on its share of the cores; a bar over runs instead of steps
         console.rule(f"train: {len(jobs)} runs, {cfg.workers} at a time")
-        threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+        threads = threads_per_worker(cfg.workers)
         with progress_bar(disable=quiet) as bar, ProcessPoolExecutor(
                 cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker,
                 initargs=(threads, os.getpid())) as pool:
@@ -165,7 +165,7 @@ def _report(cfg: ExperimentConfig, out: Path, data, console: Console, quiet: boo
     curves = {}
     by_id = {p.id: p for p in data.hard}
     for name, path in [("base", data.model_path)] + [(m, run_dir(out, m, cfg.seeds[0]) / "model") for m in cfg.methods]:
-        sampler = make_sampler("hf", str(path), cfg.sampling)
+        sampler = make_sampler(None, str(path), cfg.sampling)
         curves[name] = success_curve(calibrate(data.task, sampler, sampler.tokenizer,
                                                data.traces[:cfg.calibration_traces], by_id,
                                                out / "calibration" / name, n=cfg.calibration_n, seed=cfg.seed,
@@ -185,8 +185,26 @@ def _shared(data) -> dict:
                 collect_flops=data.collect_flops)
 
 
-def _init_worker(threads: int, parent: int) -> None:
+def threads_per_worker(workers: int) -> int:
+    """Each worker's share of the cores this process may use (its affinity mask: a container or
+    `taskset` may allow fewer than os.cpu_count()), so that the workers together never ask for more."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def limit_threads(threads: int) -> None:
+    """This process's compute threads: torch's intra-op pool (OpenMP / MKL GEMMs), its inter-op pool
+    (otherwise one thread per core) and the tokenizers' Rust pool (otherwise one per core as well)."""
     torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # set once per process, before any inter-op work: a second call is refused
+        pass
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    limit_threads(threads)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 
 

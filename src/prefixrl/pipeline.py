@@ -111,7 +111,7 @@ def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool =
         raise InputError(f"task_args must be a mapping of option: value, got {cfg.task_args!r}")
     task = load_task(cfg.task, **cfg.task_args)
     model_path = resolve_model(cfg.model)
-    sampler = make_sampler("hf", model_path, cfg.sampling)
+    sampler = make_sampler(None, model_path, cfg.sampling)
     console.print(f"task {task.name}, model {cfg.model} ({sampler.n_params / 1e6:.2f} M parameters), "
                   f"run folder {out}")
 
@@ -127,7 +127,7 @@ def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool =
         traces = reference_traces(task, hard, out / "traces")
     else:
         console.rule("collect: rejection-sample a correct trace for each hard problem")
-        collector = make_sampler("hf", resolve_model(cfg.trace_model), cfg.sampling) if cfg.trace_model else sampler
+        collector = make_sampler(None, resolve_model(cfg.trace_model), cfg.sampling) if cfg.trace_model else sampler
         traces = collect(task, collector, hard, out / "traces", cfg.collect, source=cfg.trace_model or cfg.model,
                          quiet=quiet)
     if not traces:

@@ -9,8 +9,9 @@ covers the policy's own continuation, and nothing else. The reward scores prefix
 baseline (no std scaling, no KL, one update per batch so the ratio is 1), 8 samples per problem.
 
 The subclass adds to GRPOTrainer, in small hooks: metrics split by prefixed / unprefixed groups
-(reward, zero-advantage share, entropy, and gradient norm from one backward pass per part); the
-FLOPs ledger (rollouts 2·N·D, updates 6·N·D, prompt and prefix tokens counted); for the off-policy
+(reward, zero-advantage share, entropy, and with split_grad_norms the gradient norm from one
+backward pass per part); rollouts on CPU through generate_fast's decode loop (TrainConfig.sampler);
+the FLOPs ledger (rollouts 2·N·D, updates 6·N·D, prompt and prefix tokens counted); for the off-policy
 baselines only, a correct trace in place of each group's last sample with its own token weights;
 and rows that can change during training (prefixrl-adaptive). Callbacks evaluate *unprefixed*
 pass@1 every `eval_every` steps and stop a run at its FLOPs budget. Methods: see methods.py.
@@ -49,7 +50,8 @@ from trl.models.utils import unwrap_model_for_generation
 from prefixrl.evaluate import score_problems
 from prefixrl.files import AppendLog, InputError, atomic_write_text
 from prefixrl.flops import FlopsLedger
-from prefixrl.generate import HFSampler, SamplingParams
+from prefixrl.generate import SamplingParams, sampler_for
+from prefixrl.generate_fast import UnsupportedModel, check_supported, rollout_ids
 from prefixrl.models import encode_prompt, load_model, n_params, sequence_logprobs
 from prefixrl.reliance import prefix_reliance
 from prefixrl.runinfo import differences, write_manifest
@@ -86,6 +88,13 @@ class TrainConfig:
     is_truncation: float | None = None  # offpolicy-is: cap on the importance weight pi/mu (None: none)
     luffy_gamma: float = 0.1  # luffy: the shaping constant in pi / (pi + gamma)
     seed: int = 0
+    sampler: str = "auto"  # rollouts and evaluations: auto (on CPU, generate_fast's decode loop where it supports
+    # the model: ~2x faster, the same samples up to float-rounding ties; else transformers') | hf (always
+    # transformers' generate, TRL's own rollouts) | fast (the decode loop, or an error)
+    split_grad_norms: bool = True  # one backward pass per part (prefixed, then unprefixed rows) to log each
+    # part's gradient norm (prefixed/grad_norm, unprefixed/grad_norm), the same gradient. Off: TRL's single pass. On the
+    # tiny models it costs nothing measurable (each part is padded to its own longest continuation, which pays
+    # for the second pass: benchmarks/train_step.py); switch it off where the second pass shows
     # -- scale: memory and processes (a step's batch stays problems_per_step x num_generations) ---------
     micro_batch_size: int | None = None  # samples per process per forward/backward (None: its whole share);
     # smaller ones accumulate gradients, so the optimizer still steps once per batch
@@ -112,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"TrainConfig.micro_batch_size must be >= 1 (or None), got {self.micro_batch_size}")
+        if self.sampler not in ("auto", "hf", "fast"):
+            raise ValueError(f"TrainConfig.sampler must be 'auto', 'hf' or 'fast', got {self.sampler!r}")
         if self.vllm_mode not in ("server", "colocate"):
             raise ValueError(f"TrainConfig.vllm_mode must be 'server' or 'colocate', got {self.vllm_mode!r}")
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
@@ -153,9 +164,12 @@ class PrefixRLTrainer(GRPOTrainer):
     """GRPOTrainer plus metrics split by prefixed / unprefixed groups, a FLOPs ledger and, for the
     off-policy baselines only, a correct trace in place of one sample per group."""
 
-    def __init__(self, *args, flops_ledger: FlopsLedger, off_policy: OffPolicyTraces | None = None, **kwargs):
+    def __init__(self, *args, flops_ledger: FlopsLedger, off_policy: OffPolicyTraces | None = None,
+                 sampler: str = "auto", split_grad_norms: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.flops_ledger, self.off_policy = flops_ledger, off_policy
+        self.split_grad_norms = split_grad_norms
+        self.fast_rollouts = self._can_roll_out_fast(sampler)
         self.n_params = n_params(self.model)
         self.live_rows: list[dict] | None = None  # rows that change during training, by their "slot"
         self.trace_pool = None  # where correct unprefixed answers go (prefixrl-adaptive)
@@ -202,6 +216,37 @@ class PrefixRLTrainer(GRPOTrainer):
         # the samplers' token ids (encode_prompt): TRL adds special tokens to text prompts, a second
         # BOS after a chat template that writes one
         return [encode_prompt(self.processing_class, prompt) for prompt in prompts], None, {}
+
+    def _can_roll_out_fast(self, sampler: str) -> bool:
+        """Whether rollouts go through generate_fast's decode loop: on CPU, in one process, for a model
+        it supports, with sampling it implements (temperature and top-p, as GRPOConfig sets it here)."""
+        if sampler == "hf":
+            return False
+        why = [reason for reason, bad in (
+            ("vLLM", self.use_vllm), ("continuous batching", self.use_transformers_continuous_batching),
+            ("a GPU", self.accelerator.device.type != "cpu"), ("several processes", self.accelerator.num_processes > 1),
+            ("half precision", self.args.bf16 or self.args.fp16), ("a vision model", self._is_vlm),
+            ("top_k / min_p / repetition_penalty", self.top_k not in (0, None) or self.min_p is not None
+             or self.repetition_penalty not in (None, 1.0)), ("generation_kwargs", self.args.generation_kwargs),
+            ("attention dropout (TRL samples in training mode)", getattr(self.model.config, "attention_dropout", 0)))
+            if bad]
+        if not why:
+            try:
+                check_supported(self.accelerator.unwrap_model(self.model))
+            except UnsupportedModel as err:
+                why.append(str(err))
+        if why and sampler == "fast":
+            raise ValueError(f"TrainConfig.sampler 'fast' cannot sample these rollouts ({'; '.join(why)}): use 'auto'")
+        return not why
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if not self.fast_rollouts or images is not None or multimodal_fields:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        params = SamplingParams(temperature=self.temperature, top_p=self.top_p,
+                                max_new_tokens=self.max_completion_length)
+        ids = rollout_ids(self.accelerator.unwrap_model(self.model), prompt_ids, params, self.eos_token_ids,
+                          self._tokenizer.pad_token_id)
+        return ids, None  # no sampling log-probs, as TRL's transformers path
 
     def _generate(self, prompts):
         """TRL's sampling (transformers or vLLM: both go through here), then the off-policy baselines'
@@ -258,12 +303,15 @@ class PrefixRLTrainer(GRPOTrainer):
 
     # -- the update -----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """One backward pass per part (prefixed rows, then unprefixed rows), so each part's gradient
-        norm is measured; together they cost what one pass over the batch costs, and their
-        gradients add up to the batch's. Multi-process runs (whose backward synchronises across
-        processes) and an entropy bonus (not a sum over rows) take TRL's single pass."""
+        """With split_grad_norms, one backward pass per part (prefixed rows, then unprefixed rows), so
+        each part's gradient norm is measured; their gradients add up to the batch's. Twice the
+        passes, but each part is padded only to its own longest continuation (prefixed ones are
+        shorter): on the tiny models the update costs what one pass costs. Otherwise, and for
+        multi-process runs (whose backward synchronises across processes) and an entropy bonus (not
+        a sum over rows), TRL's single pass."""
         parts = [(name, rows) for name, rows in _parts(inputs) if rows.any()]
-        if len(parts) < 2 or self.accelerator.num_processes > 1 or self._entropy_bonus_enabled:
+        single = len(parts) < 2 or self.accelerator.num_processes > 1 or self._entropy_bonus_enabled
+        if single or not self.split_grad_norms:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         params = [p for p in model.parameters() if p.requires_grad]
         total = torch.zeros((), device=self.accelerator.device)
@@ -460,9 +508,9 @@ class UnprefixedEval(TrainerCallback):
     def _evaluate(self, step: int, model, tokenizer, evals: Path) -> dict:
         was_training = model.training
         model.eval()
-        sampler = HFSampler(model, tokenizer, SamplingParams(
+        sampler = sampler_for(model, tokenizer, SamplingParams(
             temperature=self.cfg.eval_temperature, max_new_tokens=self.cfg.max_completion_length,
-            batch_size=self.cfg.eval_batch_size))
+            batch_size=self.cfg.eval_batch_size), backend=self.cfg.sampler)
         row, unprefixed = {"step": step, "flops": self.ledger.total}, {}
         for name, problems in self.problem_sets.items():
             scores = score_problems(self.task, sampler, problems, self.cfg.eval_n, evals / f"step-{step}-{name}",
@@ -645,7 +693,7 @@ def train(task: Task, model_path: str, rows: list[dict], out_dir: str | Path, cf
         rows = rows * -(-cfg.problems_per_step // len(rows))
     trainer = PrefixRLTrainer(model=model, reward_funcs=reward_function(task, problems), args=args,
                               train_dataset=Dataset.from_list(rows), processing_class=tokenizer, flops_ledger=ledger,
-                              off_policy=off_policy)
+                              off_policy=off_policy, sampler=cfg.sampler, split_grad_norms=cfg.split_grad_norms)
     if main:
         trainer.add_callback(MetricsLog(AppendLog(out_dir / "metrics.jsonl")))
     if adaptive:
