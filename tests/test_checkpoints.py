@@ -21,8 +21,10 @@ def shipped(name: str) -> HFSampler:
 
 
 @pytest.mark.parametrize("name, task_name, task_args", [("sort", "sort", {}), ("chain", "chain", {}),
-                                                        ("chain-q", "chain", {"share_q": 0.9})])
+                                                        ("chain-q", "chain", {"share_q": 0.9}),
+                                                        ("mines", "mines", {"rule_bias": 0.0})])
 def test_shipped_base_model_reproduces_its_pass_rates(name, task_name, task_args):
+    # mines: its base learned none of its corpus's faint rule, so its chance rate is rule_bias 0's
     sampler, task = shipped(name), load_task(task_name, **task_args)
 
     easy = task.problems("easy")[:16]

@@ -2,11 +2,15 @@
 that never share a problem, and a corpus that shows the safety rule only faintly."""
 
 import itertools
+import math
 import random
 import re
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prefixrl.models import resolve_model
 from prefixrl.tasks import Problem, load_task
 from prefixrl.tasks.mines import MOVES, move, safe, safe_moves, walk
 
@@ -125,3 +129,31 @@ def test_no_move_pattern_blind_to_the_pairs_solves_many_hard_problems(task):
     assert measure["constant"] == 0.0 and measure["periodic"] <= 0.2
     short = load_task("mines", hard=(2,), n_train=50, n_heldout=25, n_validation=25)
     assert short.shortcuts(short.problems("train"))["safe walk"]["periodic"] == 1.0  # 2 moves: some pattern always fits
+
+
+@torch.no_grad()
+def test_shipped_base_model_executes_moves_and_knows_no_rule(task):
+    """Forced choice on the reference walks of hard problems, one forward pass: given the move,
+    the model writes the new pair and the count right (0.999 a move, README's task table), and it
+    puts about half its probability on the safe moves (0.50 measured: its corpus's faint rule was
+    not learned). So hard problems fail on decisions, at about 2^-n, never on execution."""
+    torch.set_num_threads(1)
+    path = resolve_model("builtin:mines")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    problems = [p for p in task.problems("train") if p.difficulty == max(task.hard)][:16]
+    texts = [p.prompt + render(p, p.meta["reference"]) for p in problems]
+    ids = torch.tensor([tokenizer(t)["input_ids"] for t in texts])  # one length: one number of moves
+    logp = model(input_ids=ids).logits.log_softmax(-1)
+    letter = {op: tokenizer.convert_tokens_to_ids(op) for op in MOVES}
+    safe_mass, execution = [], []
+    for row, (p, text) in enumerate(zip(problems, texts)):
+        (a, b) = divmod(int(p.prompt[:2]), 10)
+        for m in re.finditer(r" ([ABCD])(\d\d/\d+)", text[len(p.prompt):]):
+            pos = len(p.prompt) + m.start(1)  # char tokenizer: one token a character
+            probs = logp[row, pos - 1].exp()
+            safe_mass.append(sum(probs[letter[op]].item() for op in safe_moves(a, b)))
+            written = range(pos + 1, pos + 1 + len(m.group(2)))
+            execution.append(sum(logp[row, j - 1, ids[row, j]].item() for j in written))
+            a, b = move(a, b, m.group(1))
+    assert 0.45 <= sum(safe_mass) / len(safe_mass) <= 0.56, sum(safe_mass) / len(safe_mass)
+    assert math.exp(sum(execution) / len(execution)) >= 0.99

@@ -26,10 +26,13 @@ reward tells them apart. Each step is local (a new digit is a fixed function of 
 `chain`), and the safety rule depends only on the current pair, so what is learned from late
 states (a prefix) applies at early ones: the mechanism back-generalization needs.
 
-As in `chain`, the corpus shows the rule faintly (a move is drawn among the safe ones with
-probability `rule_bias`, else among all four), so the base model survives a move with about
-1/2 + rule_bias/2 and a hard problem (15-16 moves) with about (0.6)^n ~ 3e-4 at rule_bias 0.2:
-pass@512 = 0 on most, and a trace within 2,500 attempts on many.
+The corpus shows the rule faintly (a move is drawn among the safe ones with probability
+`rule_bias`, else among all four), as `chain`'s does. Measured on the shipped base
+(`builtin:mines`, README): it executes a move right 99.9% of the time but puts 0.50 on the safe
+moves, not the corpus's 0.6: it learned no rule in its 1,700 steps. So a hard problem (11-12 moves)
+succeeds with about 2^-n (pass@1 4e-4; pass@512 = 0 on about 80%, and on about half of those a
+trace within 2,500 attempts). `chance` is the corpus's rate; with rule_bias=0 it is the shipped
+model's.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class MinesTask:
     name = "mines"
     strategy_markers: dict[str, str] = {}  # one procedure; the choices between safe moves are free
 
-    def __init__(self, hard: tuple[int, ...] = (15, 16), easy: tuple[int, ...] = (2, 3, 4, 5),
+    def __init__(self, hard: tuple[int, ...] = (11, 12), easy: tuple[int, ...] = (2, 3, 4, 5),
                  max_moves: int = 16, rule_bias: float = 0.2, n_train: int = 64, n_heldout: int = 64,
                  n_validation: int = 32, n_easy: int = 64, seed: int = 0):
         self.hard, self.easy, self.max_moves, self.rule_bias = tuple(hard), tuple(easy), max_moves, rule_bias
