@@ -157,3 +157,16 @@ def test_shipped_base_model_executes_moves_and_knows_no_rule(task):
             a, b = move(a, b, m.group(1))
     assert 0.45 <= sum(safe_mass) / len(safe_mass) <= 0.56, sum(safe_mass) / len(safe_mass)
     assert math.exp(sum(execution) / len(execution)) >= 0.99
+
+
+def test_the_mines_headline_config_builds_at_honest_scale():
+    """configs/benchmark-mines.yaml is read as written and has room for >= 64 hard training problems
+    with traces (its screened pool) and 64 held-out ones, disjoint."""
+    from prefixrl.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.from_yaml("configs/benchmark-mines.yaml")
+    task = load_task(cfg.task, **cfg.task_args)
+    assert cfg.methods == ["prefixrl", "prefixrl-adaptive", "sft-rl", "rl"] and len(cfg.seeds) == 3
+    train, heldout = task.problems("train"), task.problems("heldout")
+    assert len(train) >= cfg.screen.limit >= 128 and len(heldout) == cfg.heldout == 64
+    assert not {p.id for p in train} & {p.id for p in heldout}
