@@ -170,3 +170,12 @@ def test_the_mines_headline_config_builds_at_honest_scale():
     train, heldout = task.problems("train"), task.problems("heldout")
     assert len(train) >= cfg.screen.limit >= 128 and len(heldout) == cfg.heldout == 64
     assert not {p.id for p in train} & {p.id for p in heldout}
+
+
+def test_the_validation_split_is_found_by_name_and_by_id(task):
+    from prefixrl.tasks import load_problems, problems_by_id
+
+    validation = load_problems(task, "validation")
+    assert [p.split for p in validation] == ["validation"] * 32
+    assert all(problems_by_id(task)[p.id] == p for p in validation)
+    assert "validation" not in {p.split for p in problems_by_id(load_task("chain")).values()}
