@@ -132,11 +132,11 @@ def test_no_move_pattern_blind_to_the_pairs_solves_many_hard_problems(task):
 
 
 @torch.no_grad()
-def test_shipped_base_model_executes_moves_and_knows_no_rule(task):
+def test_shipped_base_model_executes_moves_and_knows_the_rule_faintly(task):
     """Forced choice on the reference walks of hard problems, one forward pass: given the move,
-    the model writes the new pair and the count right (0.999 a move, README's task table), and it
-    puts about half its probability on the safe moves (0.50 measured: its corpus's faint rule was
-    not learned). So hard problems fail on decisions, at about 2^-n, never on execution."""
+    the model writes the new pair and the count right (0.9995 a move, README's task table), and
+    it puts 0.59 of its probability on the safe moves: it computes the rule, faintly (0.5 is none).
+    So hard problems fail on decisions, at about 0.59^n, never on execution."""
     torch.set_num_threads(1)
     path = resolve_model("builtin:mines")
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
@@ -155,7 +155,7 @@ def test_shipped_base_model_executes_moves_and_knows_no_rule(task):
             written = range(pos + 1, pos + 1 + len(m.group(2)))
             execution.append(sum(logp[row, j - 1, ids[row, j]].item() for j in written))
             a, b = move(a, b, m.group(1))
-    assert 0.45 <= sum(safe_mass) / len(safe_mass) <= 0.56, sum(safe_mass) / len(safe_mass)
+    assert 0.55 <= sum(safe_mass) / len(safe_mass) <= 0.65, sum(safe_mass) / len(safe_mass)
     assert math.exp(sum(execution) / len(execution)) >= 0.99
 
 
