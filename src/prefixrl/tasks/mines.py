@@ -1,8 +1,8 @@
 """`mines`: a walk on digit pairs where half the moves at every state step on a mine, and any
 walk that avoids every mine is correct (many correct solutions per problem).
 
-    prompt     "37 15:"                          start pair (a, b) = (3, 7), then the number of moves
-    solution   " A78/14 D85/13 ... =41."         moves; each writes the new pair and the moves left
+    prompt     "37 16:"                          start pair (a, b) = (3, 7), then the number of moves
+    solution   " D71/15 D15/14 ... C23/0 =23."  moves; each writes the new pair and the moves left
     moves      A, B, C, D: (a, b) -> (b, (a + k) % 10) with k = 1, 3, 6, 8
     safe       the new digit c = (a + k) % 10 lies in b's window: the five digits WINDOW[b],
                WINDOW[b] + 1, ..., WINDOW[b] + 4 (mod 10), WINDOW a fixed table of the task
