@@ -1,7 +1,8 @@
 """Success rates of a `mines` base model without thousands of samples: sequential importance
 sampling (SIS) over safe walks (README, Tasks: `mines`).
 
-    python benchmarks/mines_sis.py builtin:mines '{"hard": [11, 12]}' runs/mines-sis.json
+    python benchmarks/mines_sis.py builtin:mines '{}' runs/mines-sis.json      # rates, success vs prefix
+    python benchmarks/mines_sis.py --traces builtin:mines runs/task-properties/mines   # traces for regime.py
 
 
 At each move, the model's distribution over the move letter is read; a safe move is drawn in
@@ -107,6 +108,35 @@ def main():
     json.dump(out, open(sys.argv[3] if len(sys.argv) > 3 else "/dev/stdout", "w"), indent=1, default=float)
 
 
+def write_traces(model_name: str, out: str, n_problems: int = 16, runs: int = 64) -> None:
+    """Stand-ins for rejection-sampled traces, for `benchmarks/regime.py`: per hard training
+    problem, `runs` SIS draws and one resampled in proportion to its weight (importance
+    resampling approximates the base model's distribution over its correct walks). Writes
+    OUT/screen/hard.jsonl and OUT/collect/traces.jsonl, where regime.py reads them."""
+    from pathlib import Path
+
+    from prefixrl.files import write_jsonl
+
+    model, tok = load_model(resolve_model(model_name), device="cpu")
+    task = load_task("mines")
+    problems, traces = task.problems("train")[:n_problems], []
+    for i, p in enumerate(problems):
+        start, n = (int(x) for x in p.prompt.rstrip(":").split())
+        logw, _, _, texts = sis(model, tok, p.prompt, start, n, runs=runs, seed=100 + i)
+        pick = torch.multinomial((logw - logw.max()).exp(), 1, generator=torch.Generator().manual_seed(i)).item()
+        end = texts[pick].rsplit(" ", 1)[1][1:3]  # the last move's pair
+        completion = texts[pick] + f" ={end}."
+        assert task.verify(p, completion).reward == 1.0, completion
+        traces.append({"problem_id": p.id, "prompt": p.prompt, "completion": completion, "source": "sis-resampled"})
+    for stage in ("screen", "collect"):
+        (Path(out) / stage).mkdir(parents=True, exist_ok=True)
+    write_jsonl(Path(out) / "screen" / "hard.jsonl", [p.to_dict() for p in problems])
+    write_jsonl(Path(out) / "collect" / "traces.jsonl", traces)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "--traces":
+        write_traces(sys.argv[2], sys.argv[3])
+    else:
+        main()
 
