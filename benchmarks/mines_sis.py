@@ -87,10 +87,13 @@ def main():
             masses.append(np.mean(sm))
             execs.append(np.exp(np.mean(fr[:-1])) if len(fr) > 1 else float("nan"))
         ps = np.array(ps)
+        zero = (1 - ps) ** 512  # chance that 512 samples hold no success
+        found = zero * (1 - (1 - ps) ** 1988)  # ... and that the rest of 2,500 attempts hold one
         out[split] = {"pass@1": ps.mean(), "median": float(np.median(ps)), "safe_mass": float(np.mean(masses)),
-                      "exec_per_move": float(np.nanmean(execs)), "chance": float(np.mean([task.chance(p) for p in task.problems(split)[:len(ps)]])),
-                      "share_pass512_0": float(np.mean((1 - ps) ** 512)),
-                      "share_trace_2500_of_those": float(np.mean((1 - ps) ** 512 * (1 - (1 - ps) ** 1988)) / max(np.mean((1 - ps) ** 512), 1e-9)),
+                      "exec_per_move": float(np.nanmean(execs)),
+                      "chance": float(np.mean([task.chance(p) for p in task.problems(split)[:len(ps)]])),
+                      "share_pass512_0": float(zero.mean()),
+                      "share_trace_2500_of_those": float(found.mean() / max(zero.mean(), 1e-9)),
                       "mean_attempts_to_trace": float(np.mean(1 / np.maximum(ps, 1e-9)))}
         print(split, out[split], f"{time.time() - t0:.0f}s", flush=True)
     # success vs prefix fraction, from safe walks drawn by SIS (stand-ins for rejection-sampled traces)
