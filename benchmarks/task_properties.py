@@ -5,10 +5,13 @@
 1. hard:        share of hard-split problems with pass@512 = 0 under the base model
 2. findable:    share of those for which rejection sampling (cap 2,500) finds a correct trace
 3. prefix:      success rate conditioned on a prefix of a correct trace, by prefix fraction
-4. strategies:  strategy markers in correct traces; success when forced into each strategy;
+4. solutions:   from a 50% prefix of each calibration trace, n samples: share correct and the
+                number of distinct correct continuations (1 when a correct walk is unique, as
+                in `chain`; many when a trace's choices are one of many correct ones, as in `mines`)
+5. strategies:  strategy markers in correct traces; success when forced into each strategy;
                 for tasks that can say it (chain), how close each rule comes to a fixed pattern
                 of moves, a shortcut RL would learn instead of the rule
-5. (plain RL stays flat): measured by the training benchmark once training exists
+6. (plain RL stays flat): measured by the training benchmark once training exists
 plus execution: easy-split pass@1 against the chance rate of a policy that executes every step
 right and decides as its corpus does (sort: at random; chain: by the rule at rule_bias of the
 moves, else at random): a ratio of about 1.0 means the base model executes reliably and knows
@@ -77,6 +80,8 @@ def main():
     calibration = calibrate(task, sampler, tokenizer, traces[:args.calibration_traces], by_id, out / "calibrate",
                             n=args.calibration_n, quiet=args.quiet)
     result["success_vs_prefix_fraction"] = success_curve(calibration)
+    result["continuations_from_50%_prefix"] = _distinct_continuations(
+        task, sampler, tokenizer, traces[:args.calibration_traces], by_id, args.calibration_n)
     result["strategies_in_traces"] = _strategy_counts(task, traces)
     result["forced_strategy_success"] = _forced_strategy_success(task, sampler, hard[:16])
     if hasattr(task, "shortcuts"):
@@ -84,6 +89,27 @@ def main():
             result[f"rule {strategy}: move strings"] = measure
     atomic_write_text(out / "properties.json", json.dumps(result, indent=2))
     _print_table(result, args.n)
+
+
+def _distinct_continuations(task, sampler, tokenizer, traces, by_id, n: int) -> dict[str, float]:
+    """Per trace, n samples from its 50% prefix: share correct, distinct correct continuations
+    (mean over traces), and their ratio to the correct ones (1.0: every correct one differs)."""
+    from prefixrl.prefixes import prefix_at, render_prompt, token_offsets
+    from prefixrl.tasks import verify_all
+
+    correct, distinct = [], []
+    for index, trace in enumerate(traces):
+        problem, text = by_id[trace["problem_id"]], trace["completion"]
+        offsets = token_offsets(tokenizer, text)
+        prefix = prefix_at(text, offsets, round(0.5 * len(offsets)))
+        group = sampler.generate([render_prompt(tokenizer, problem.prompt, prefix)], n, seed=3 + index)[0]
+        verdicts = verify_all(task, [(problem, prefix + s.text) for s in group])
+        good = [s.text.rstrip() for s, v in zip(group, verdicts) if v.reward > 0]
+        correct.append(len(good) / n)
+        distinct.append(len(set(good)))
+    n_correct = sum(correct) * n
+    return {"share correct": float(np.mean(correct)), "distinct correct per trace": float(np.mean(distinct)),
+            "distinct / correct": float(sum(distinct) / n_correct) if n_correct else float("nan")}
 
 
 def _strategy_counts(task, traces) -> dict[str, int]:

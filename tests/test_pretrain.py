@@ -44,3 +44,19 @@ def test_pretrain_with_bpe_saves_a_model_of_another_family(tmp_path):
 def test_pretrain_refuses_an_unknown_tokenizer():
     with pytest.raises(ValueError, match="'char' or 'bpe'"):
         PretrainConfig(tokenizer="wordpiece")
+
+
+def test_pretrain_from_another_model_keeps_its_tokenizer_and_shape_and_starts_from_its_weights(tmp_path):
+    """`init`: the new base starts from the given model (mines from chain's walk on digit pairs);
+    its own corpus then moves the weights."""
+    import torch
+
+    shape = TinyModelConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    first = pretrain(load_task("chain"), tmp_path / "first", PretrainConfig(steps=1, batch_size=4, model=shape))
+    second = pretrain(load_task("mines"), tmp_path / "second",
+                      PretrainConfig(steps=1, batch_size=4, lr=1e-12, init=str(first), seed=5))
+    a, b = (AutoModelForCausalLM.from_pretrained(p) for p in (first, second))
+    assert b.config.hidden_size == 32 and AutoTokenizer.from_pretrained(second).get_vocab() == \
+        AutoTokenizer.from_pretrained(first).get_vocab()
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a.parameters(), b.parameters()))
+    assert json.loads((second / "manifest.json").read_text())["config"]["init"] == str(first)

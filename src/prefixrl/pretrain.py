@@ -18,7 +18,8 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from prefixrl.flops import FlopsLedger
-from prefixrl.models import TinyModelConfig, bpe_tokenizer, char_tokenizer, n_params, tiny_model
+from prefixrl.models import (TinyModelConfig, bpe_tokenizer, char_tokenizer, load_model, n_params, resolve_model,
+                             tiny_model)
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Task, task_args
 
@@ -32,6 +33,10 @@ class PretrainConfig:
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     tokenizer: str = "char"  # "char", or "bpe": a byte-level BPE of bpe_vocab_size learned from the corpus
     bpe_vocab_size: int = 384
+    # Start from this model's weights and tokenizer instead of random ones (a `builtin:TASK` name
+    # or a folder): a task whose steps another task's base already executes learns its corpus in
+    # a fraction of the steps (`mines` starts from `chain`'s walk on digit pairs).
+    init: str | None = None
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -50,8 +55,12 @@ def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None)
     set_seed(cfg.seed)
     pairs = task.corpus(cfg.steps * cfg.batch_size, seed=cfg.seed)
     texts = [p + c for p, c in pairs]
-    tokenizer = char_tokenizer() if cfg.tokenizer == "char" else bpe_tokenizer(texts, cfg.bpe_vocab_size)
-    model = tiny_model(tokenizer, cfg.model, seed=cfg.seed)
+    if cfg.init:
+        model, tokenizer = load_model(resolve_model(cfg.init), device="cpu")
+        model.train()
+    else:
+        tokenizer = char_tokenizer() if cfg.tokenizer == "char" else bpe_tokenizer(texts, cfg.bpe_vocab_size)
+        model = tiny_model(tokenizer, cfg.model, seed=cfg.seed)
     dataset = Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [c for _, c in pairs]})
     args = SFTConfig(
         output_dir=str(out_dir / "trainer"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,

@@ -72,9 +72,10 @@ def verify_all(task: Task, items: list[tuple[Problem, str]]) -> list[Verdict]:
 def builtin_tasks() -> dict[str, type]:
     from prefixrl.tasks.chain import ChainTask
     from prefixrl.tasks.math import MathTask
+    from prefixrl.tasks.mines import MinesTask
     from prefixrl.tasks.sort import SortTask
 
-    return {"sort": SortTask, "chain": ChainTask, "math": MathTask}
+    return {"sort": SortTask, "chain": ChainTask, "mines": MinesTask, "math": MathTask}
 
 
 def load_task(name: str, **kwargs) -> Task:
@@ -174,17 +175,32 @@ def _check_options(name: str, cls: type, kwargs: dict) -> None:
 
 
 SPLITS = ("train", "heldout", "easy")
+# A task may also offer hard problems neither trained on nor held out, for tuning a baseline
+# (`mines` does: SFT's epochs and learning rate are chosen on them).
+OPTIONAL_SPLITS = ("validation",)
+
+
+def task_splits(task: Task) -> tuple[str, ...]:
+    """The splits this task offers: SPLITS, plus each optional one its `problems` accepts."""
+    offered = []
+    for split in OPTIONAL_SPLITS:
+        try:
+            task.problems(split)
+        except ValueError:
+            continue
+        offered.append(split)
+    return SPLITS + tuple(offered)
 
 
 def problems_by_id(task: Task) -> dict[str, Problem]:
     """Every problem of the task, all splits, by id (traces and training rows name problems by id)."""
-    return {p.id: p for split in SPLITS for p in task.problems(split)}
+    return {p.id: p for split in task_splits(task) for p in task.problems(split)}
 
 
 def load_problems(task: Task, source: str) -> list[Problem]:
-    """Problems from a split name ("train", "heldout", "easy") or a JSONL file of problems
-    (such as the `hard.jsonl` that `screen` writes)."""
-    if source in SPLITS:
+    """Problems from a split name ("train", "heldout", "easy", or "validation" where the task has
+    one) or a JSONL file of problems (such as the `hard.jsonl` that `screen` writes)."""
+    if source in SPLITS or source in task_splits(task):
         return task.problems(source)
     from prefixrl.files import read_jsonl
 
