@@ -175,8 +175,8 @@ def _check_options(name: str, cls: type, kwargs: dict) -> None:
 
 
 SPLITS = ("train", "heldout", "easy")
-# A task may also offer hard problems neither trained on nor held out, for tuning a baseline
-# (`mines` does: SFT's epochs and learning rate are chosen on them).
+# A task may also offer hard problems neither trained on nor held out, for tuning a baseline (the
+# built-in ones do: sft-rl's SFT epochs and learning rate are chosen on them, methods.validation_problems).
 OPTIONAL_SPLITS = ("validation",)
 
 
