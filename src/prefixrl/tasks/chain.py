@@ -50,6 +50,22 @@ def move(a: int, b: int, op: str) -> tuple[int, int]:
     return b, (a + (6 if op == "R" else 1)) % 10
 
 
+def walk_splits(seed: int, hard: tuple[int, ...], easy: tuple[int, ...], sizes: dict[str, int]
+                ) -> dict[str, list[tuple[int, int]]]:
+    """(start pair, moves) of each split of a walk task (`chain`, `mines`): 100 starts x the hard
+    lengths, shuffled once by the seed and cut in a fixed order, training, held-out, then validation
+    (tunes the SFT baseline), so no two splits share a problem; the easy ones from their own list."""
+    rng = random.Random(seed)
+    hard_walks = [(s, n) for s in range(100) for n in hard]
+    easy_walks = [(s, n) for s in range(100) for n in easy]
+    rng.shuffle(hard_walks)
+    rng.shuffle(easy_walks)
+    splits, start = {"easy": easy_walks[:sizes["easy"]]}, 0
+    for name in ("train", "heldout", "validation"):
+        splits[name], start = hard_walks[start:start + sizes[name]], start + sizes[name]
+    return splits
+
+
 def rule_walk(start: int, n_moves: int, strategy: str) -> tuple[str, str]:
     """The moves (e.g. "LRRL...") and the final pair of the walk that follows `strategy`'s rule."""
     (a, b), moves = divmod(start, 10), ""
@@ -77,15 +93,7 @@ class ChainTask:
     def problems(self, split: str) -> list[Problem]:
         if split not in self.sizes:
             raise ValueError(f"unknown split {split!r}: use 'train', 'heldout', 'easy' or 'validation'")
-        rng = random.Random(self.seed)
-        hard = [(s, n) for s in range(100) for n in self.hard]
-        easy = [(s, n) for s in range(100) for n in self.easy]
-        rng.shuffle(hard)
-        rng.shuffle(easy)
-        # hard problems in a fixed order: training, held-out, then validation (tunes the SFT baseline)
-        n_train, n_seen = self.sizes["train"], self.sizes["train"] + self.sizes["heldout"]
-        chosen = {"train": hard[:n_train], "heldout": hard[n_train:n_seen],
-                  "validation": hard[n_seen:n_seen + self.sizes["validation"]], "easy": easy[:self.sizes["easy"]]}[split]
+        chosen = walk_splits(self.seed, self.hard, self.easy, self.sizes)[split]
         return [self._problem(start, n, split) for start, n in chosen]
 
     def _problem(self, start: int, n_moves: int, split: str) -> Problem:

@@ -43,6 +43,7 @@ import random
 import re
 
 from prefixrl.tasks import Problem, Verdict
+from prefixrl.tasks.chain import walk_splits
 
 MOVES = {"A": 1, "B": 3, "C": 6, "D": 8}
 # ASCII: int() reads other scripts' digits. A count is written without leading zeros: one spelling.
@@ -99,17 +100,8 @@ class MinesTask:
         problems neither trained on nor held out, for tuning a baseline such as SFT's epochs)."""
         if split not in self.sizes:
             raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
-        rng = random.Random(self.seed)
-        hard = [(s, n) for s in range(100) for n in self.hard]
-        easy = [(s, n) for s in range(100) for n in self.easy]
-        rng.shuffle(hard)
-        rng.shuffle(easy)
-        bounds, start = {}, 0
-        for name in ("train", "heldout", "validation"):
-            bounds[name] = hard[start:start + self.sizes[name]]
-            start += self.sizes[name]
-        bounds["easy"] = easy[:self.sizes["easy"]]
-        return [self._problem(s, n, split) for s, n in bounds[split]]
+        walks = walk_splits(self.seed, self.hard, self.easy, self.sizes)[split]
+        return [self._problem(s, n, split) for s, n in walks]
 
     def _problem(self, start: int, n_moves: int, split: str) -> Problem:
         ops, (a, b) = "", divmod(start, 10)
