@@ -116,7 +116,7 @@ def _run_method(method, task, model_path, rows, out_dir, cfg, traces, eval_probl
         sft_cfg = sft_cfg or SFTStageConfig()
         validation = validation_problems(task, sft_cfg.validation_problems) if sft_cfg.sweep_lr else None
         eval_params = SamplingParams(temperature=cfg.eval_temperature, max_new_tokens=cfg.max_completion_length,
-                                     batch_size=cfg.eval_batch_size)  # scored as the RL stage evaluates
+                                     batch_size=cfg.eval_batch_size, backend=cfg.sampler)  # as the RL stage evaluates
         model_path = str(sft(task, model_path, traces, problems, out_dir / "sft", sft_cfg, prior_flops,
                              validation, eval_params))
         prior_flops = FlopsLedger(out_dir / "sft" / "flops.json")

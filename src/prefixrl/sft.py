@@ -29,7 +29,7 @@ from trl import SFTConfig, SFTTrainer
 from prefixrl.evaluate import score_problems
 from prefixrl.files import AppendLog
 from prefixrl.flops import FlopsLedger
-from prefixrl.generate import HFSampler, SamplingParams
+from prefixrl.generate import SamplingParams, sampler_for
 from prefixrl.models import count_params_from_config, encode_prompt, load_model
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import write_manifest
@@ -169,7 +169,7 @@ class _Sweep:
             return
         model = trainer.model
         model.eval()
-        scores = score_problems(self.task, HFSampler(model, trainer.processing_class, self.params), self.validation,
+        scores = score_problems(self.task, sampler_for(model, trainer.processing_class, self.params), self.validation,
                                 self.cfg.validation_n, self.out_dir / "validation" / f"lr-{lr:g}-epochs-{epochs}",
                                 seed=self.cfg.seed, stage="sft validation", quiet=True)
         model.train()
