@@ -240,7 +240,7 @@ class PrefixRLTrainer(GRPOTrainer):
         return not why
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        if not self.fast_rollouts or images is not None or multimodal_fields:
+        if not self.fast_rollouts or self.use_vllm or images is not None or multimodal_fields:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
         params = SamplingParams(temperature=self.temperature, top_p=self.top_p,
                                 max_new_tokens=self.max_completion_length)
