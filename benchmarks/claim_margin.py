@@ -1,15 +1,16 @@
-"""How much margin has the demo-claim test (tests/test_demo_claim.py) on another machine?
+"""The demo's claim at a test's budget, over seeds and thread counts: does unprefixed pass@1 rise?
 
     python benchmarks/claim_margin.py [--seeds 0 1 2 3 4] [--threads 1 2] [--steps 80] [--lr 2e-4]
 
-An RL run's trajectory depends on float order (CPU, BLAS kernels, thread count), so the test's
-outcome is measured here over seeds and thread counts, which stand in for other machines: each
-(seed, threads) trains the test's setting in its own process (the demo's 13 traces, 3 cuts + 1
-unprefixed copy each, 16 problems x 8 samples per step), saves a checkpoint every 10 steps, and
-each checkpoint is scored on the 13 unprefixed problems (32 samples at temperature 0.7): pass@1,
-and the share of moves that follow the declared rule (`ChainTask.rule_share`, the per-decision
-skill that pass@1 raises to the power of 16-18 moves). Prints one table per measure: rows are
-runs, columns checkpoints. Choose the test's thresholds below the worst run, with margin.
+An RL run's trajectory depends on float order (CPU, BLAS kernels, thread count), so an outcome is
+measured here over seeds and thread counts, which stand in for other machines: each (seed, threads)
+trains tests/test_demo_claim.py's setting in its own process (the demo's 13 traces, 3 cuts + 1
+unprefixed copy each, 16 problems x 8 samples per step), and the last checkpoints are scored on
+the 13 unprefixed problems (32 samples at temperature 0.7): pass@1, and the share of moves that
+follow the declared rule (`ChainTask.rule_share`, the per-decision skill that pass@1 raises to the
+power of 16-18 moves). Prints one table per measure: rows are runs, columns checkpoints. Measured
+(README, issue 17): at 80 steps, 0.418-0.683 in 9 trajectories, so the unprefixed claim is left to
+this script and the test asserts the prefixed reward's rise, which held in all of them.
 """
 
 from __future__ import annotations
