@@ -3,6 +3,7 @@ sampling (SIS) over safe walks (README, Tasks: `mines`).
 
     python benchmarks/mines_sis.py builtin:mines '{}' runs/mines-sis.json      # rates, success vs prefix
     python benchmarks/mines_sis.py --traces builtin:mines runs/task-properties/mines   # traces for regime.py
+    python benchmarks/mines_sis.py builtin:gambles '{}' out.json --task gambles        # the same for `gambles`
 
 
 At each move, the model's distribution over the move letter is read; a safe move is drawn in
@@ -21,13 +22,21 @@ import torch
 
 from prefixrl.models import encode_prompt, load_model, resolve_model
 from prefixrl.tasks import load_task
+from prefixrl.tasks.gambles import SURE, survives
 from prefixrl.tasks.mines import MOVES, move, safe
 
 
 @torch.no_grad()
-def sis(model, tok, prompt, start, n_moves, done_ops="", runs=64, temperature=1.0, seed=0):
+def sis(model, tok, prompt, start, n_moves, done_ops="", runs=64, temperature=1.0, seed=0, task=None):
     """Per-run log weights, safe-mass per step and forced-token logprob per step, from the state
-    after `done_ops` (a prefix of moves, given as context)."""
+    after `done_ops` (a prefix of moves, given as context). A move is safe by `mines`' window, or
+    for a `gambles` task by its survival at that index (the sure move, or a lucky gamble)."""
+    if task is not None and task.name == "gambles":
+        def ok_at(index, a, b, op):
+            return survives(prompt, index, a, b, op)
+    else:
+        def ok_at(index, a, b, op):
+            return safe(a, b, op)
     g = torch.Generator().manual_seed(seed)
     ids_of = {c: tok.convert_tokens_to_ids(c) for c in "0123456789ABCD /=."}
     move_ids = torch.tensor([ids_of[op] for op in MOVES])
@@ -41,7 +50,7 @@ def sis(model, tok, prompt, start, n_moves, done_ops="", runs=64, temperature=1.
     texts = [text] * runs
     left = n_moves - len(done_ops)
     logw = torch.zeros(runs)
-    safe_mass, forced = [], []
+    safe_mass, forced, sure_mass = [], [], []
     pending = [len(text)] * runs  # index in text from which tokens are forced (after the last chosen op)
     for step in range(left + 1):
         final = step == left
@@ -58,9 +67,12 @@ def sis(model, tok, prompt, start, n_moves, done_ops="", runs=64, temperature=1.
         if final:
             break
         probs = logp[:, -1].exp()[:, move_ids]  # next token after the space: the move letter
-        ok = torch.tensor([[safe(a, b, op) for op in MOVES] for a, b in states], dtype=torch.float)
+        index = len(done_ops) + step
+        ok = torch.tensor([[ok_at(index, a, b, op) for op in MOVES] for a, b in states], dtype=torch.float)
         mass = (probs * ok).sum(1)
         safe_mass.append(mass.mean().item())
+        sure = torch.tensor([list(MOVES).index(SURE[a, b]) for a, b in states])
+        sure_mass.append(probs.gather(1, sure[:, None]).mean().item() / probs.sum(1).mean().item())
         logw += mass.clamp_min(1e-30).log()
         choice = torch.multinomial(probs * ok + 1e-30 * ok, 1, generator=g).squeeze(1)
         for r in range(runs):
@@ -69,20 +81,26 @@ def sis(model, tok, prompt, start, n_moves, done_ops="", runs=64, temperature=1.
             states[r] = (a, b)
             pending[r] = len(texts[r]) + 2  # forced from the token after the op
             texts[r] += f" {op}{a}{b}/{left - step - 1}"
+    sis.sure_mass = sure_mass  # gambles: the policy's share on the sure move, per step
     return logw, safe_mass, forced, texts
 
 
-def main():
-    model_path = resolve_model(sys.argv[1])
-    task = load_task("mines", **(json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}))
+def main(argv):
+    task_name = "mines"
+    if "--task" in argv:
+        i = argv.index("--task")
+        task_name, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    model_path = resolve_model(argv[1])
+    task = load_task(task_name, **(json.loads(argv[2]) if len(argv) > 2 else {}))
     model, tok = load_model(model_path, device="cpu")
     t0 = time.time()
     out = {}
     for split in ("easy", "train"):
-        ps, masses, execs = [], [], []
+        ps, masses, execs, sures = [], [], [], []
         for p in task.problems(split)[:24]:
             start, n = (int(x) for x in p.prompt.rstrip(":").split())
-            logw, sm, fr, _ = sis(model, tok, p.prompt, start, n, runs=16)
+            logw, sm, fr, _ = sis(model, tok, p.prompt, start, n, runs=16, task=task)
+            sures.append(np.mean(sis.sure_mass))
             ps.append(logw.exp().mean().item())
             masses.append(np.mean(sm))
             execs.append(np.exp(np.mean(fr[:-1])) if len(fr) > 1 else float("nan"))
@@ -90,6 +108,7 @@ def main():
         zero = (1 - ps) ** 512  # chance that 512 samples hold no success
         found = zero * (1 - (1 - ps) ** 1988)  # ... and that the rest of 2,500 attempts hold one
         out[split] = {"pass@1": ps.mean(), "median": float(np.median(ps)), "safe_mass": float(np.mean(masses)),
+                      "sure_share": float(np.mean(sures)),
                       "exec_per_move": float(np.nanmean(execs)),
                       "chance": float(np.mean([task.chance(p) for p in task.problems(split)[:len(ps)]])),
                       "share_pass512_0": float(zero.mean()),
@@ -100,18 +119,18 @@ def main():
     curve = {}
     for p in task.problems("train")[:12]:
         start, n = (int(x) for x in p.prompt.rstrip(":").split())
-        _, _, _, texts = sis(model, tok, p.prompt, start, n, runs=1, seed=7)
+        _, _, _, texts = sis(model, tok, p.prompt, start, n, runs=1, seed=7, task=task)
         ops = "".join(ch for ch in texts[0] if ch in "ABCD")
         for frac in (0.0, 0.25, 0.5, 0.75, 0.9):
             k = round(frac * n)
-            logw, *_ = sis(model, tok, p.prompt, start, n, done_ops=ops[:k], runs=16)
+            logw, *_ = sis(model, tok, p.prompt, start, n, done_ops=ops[:k], runs=16, task=task)
             curve.setdefault(frac, []).append(logw.exp().mean().item())
     out["prefix_curve"] = {f: float(np.mean(v)) for f, v in curve.items()}
     print("success vs prefix (moves done fraction):", out["prefix_curve"], f"{time.time() - t0:.0f}s")
-    json.dump(out, open(sys.argv[3] if len(sys.argv) > 3 else "/dev/stdout", "w"), indent=1, default=float)
+    json.dump(out, open(argv[3] if len(argv) > 3 else "/dev/stdout", "w"), indent=1, default=float)
 
 
-def write_traces(model_name: str, out: str, n_problems: int = 16, runs: int = 64) -> None:
+def write_traces(model_name: str, out: str, n_problems: int = 16, runs: int = 64, task_name: str = "mines") -> None:
     """Stand-ins for rejection-sampled traces, for `benchmarks/regime.py`: per hard training
     problem, `runs` SIS draws and one resampled in proportion to its weight (importance
     resampling approximates the base model's distribution over its correct walks). Writes
@@ -121,11 +140,11 @@ def write_traces(model_name: str, out: str, n_problems: int = 16, runs: int = 64
     from prefixrl.files import write_jsonl
 
     model, tok = load_model(resolve_model(model_name), device="cpu")
-    task = load_task("mines")
+    task = load_task(task_name)
     problems, traces = task.problems("train")[:n_problems], []
     for i, p in enumerate(problems):
         start, n = (int(x) for x in p.prompt.rstrip(":").split())
-        logw, _, _, texts = sis(model, tok, p.prompt, start, n, runs=runs, seed=100 + i)
+        logw, _, _, texts = sis(model, tok, p.prompt, start, n, runs=runs, seed=100 + i, task=task)
         pick = torch.multinomial((logw - logw.max()).exp(), 1, generator=torch.Generator().manual_seed(i)).item()
         end = texts[pick].rsplit(" ", 1)[1][1:3]  # the last move's pair
         completion = texts[pick] + f" ={end}."
@@ -139,7 +158,8 @@ def write_traces(model_name: str, out: str, n_problems: int = 16, runs: int = 64
 
 if __name__ == "__main__":
     if sys.argv[1] == "--traces":
-        write_traces(sys.argv[2], sys.argv[3])
+        task_name = sys.argv[sys.argv.index("--task") + 1] if "--task" in sys.argv else "mines"
+        write_traces(sys.argv[2], sys.argv[3], task_name=task_name)
     else:
-        main()
+        main(sys.argv)
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from prefixrl.experiment import run_experiment
+from prefixrl.analysis import read_metrics
 from prefixrl.files import InputError, read_jsonl
 
 torch.set_num_threads(1)
@@ -108,6 +109,35 @@ def test_report_numbers_match_the_logs(experiment):
         assert len(tuned["sweep"]) == 4
         best = max(tuned["sweep"], key=lambda r: (r["validation_pass@1"], -r["train_loss"]))
         assert (tuned["chosen"]["lr"], tuned["chosen"]["epochs"]) == (best["lr"], best["epochs"])
+
+
+def test_the_regime_row_is_read_from_the_experiments_own_stages(experiment, capsys):
+    """The report's regime row: the task's measured properties beside who won, each from the
+    experiment's own files; benchmarks/regime_table.py puts rows side by side."""
+    import importlib.util
+
+    folder, summary = experiment
+    out, row = folder / "out", summary["regime"]
+    screened, hard = json.loads((out / "screen" / "screen.json").read_text())["problems"], read_jsonl(
+        out / "screen" / "hard.jsonl")
+    traces = read_jsonl(out / "traces" / "traces.jsonl")
+    assert row["hard share (pass@k = 0)"] == pytest.approx(len(hard) / screened)
+    assert row["trace yield (of hard)"] == pytest.approx(len({t["problem_id"] for t in traces}) / len(hard))
+    after_sft = [evals(out, "sft-rl", s)[0]["eval/heldout/pass@1"] for s in (0, 1)]
+    assert row["sft pass@1 right after SFT (heldout)"] == pytest.approx(sum(after_sft) / 2)
+    zero = [r["unprefixed/zero_advantage"] for s in (0, 1)
+            for r in read_metrics(out / "runs" / "rl" / f"seed-{s}" / "metrics.jsonl") if "flops/total" in r]
+    assert row["rl zero-advantage groups"] == pytest.approx(sum(zero) / len(zero))
+    finals = {m: v["mean"] for m, v in summary["headline"]["heldout"]["final"].items()}
+    assert row["winner (heldout)"] == max(finals, key=finals.get)
+    assert "## The task's regime" in (out / "report" / "README.md").read_text()
+    spec = importlib.util.spec_from_file_location("regime_table", "benchmarks/regime_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    assert table.main([str(out), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(f"`{row['task']}`") == 2 and "| trace yield (of hard) |" in printed
+    assert table.main([str(folder / "missing")]) == 2
 
 
 def test_a_killed_experiment_resumes_with_the_same_numbers(experiment, tmp_path):
@@ -281,7 +311,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("name", ["benchmark", "diagnostics", "adaptive"])
+@pytest.mark.parametrize("name", ["benchmark-chain", "diagnostics", "adaptive"])
 def test_the_shipped_experiment_configs_build(name):
     """Every shipped experiment config is read as written (a key the builder does not know, or a
     method it does not have, is an error), and they share the headline's data and settings."""
@@ -289,7 +319,7 @@ def test_the_shipped_experiment_configs_build(name):
     from prefixrl.methods import METHODS
 
     cfg, headline = ExperimentConfig.from_yaml(f"configs/{name}.yaml"), ExperimentConfig.from_yaml(
-        "configs/benchmark.yaml")
+        "configs/benchmark-chain.yaml")
     assert set(cfg.methods) <= set(METHODS) and "prefixrl" in cfg.methods
     assert (cfg.screen, cfg.collect, cfg.prefixes, cfg.train, cfg.sft, cfg.budget_flops) == \
         (headline.screen, headline.collect, headline.prefixes, headline.train, headline.sft, headline.budget_flops)

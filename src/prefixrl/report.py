@@ -219,6 +219,7 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
     import numpy as np
 
     from prefixrl.claims import judge_claims
+    from prefixrl.regime import regime_row
 
     out, folder = Path(out), Path(out) / "report"
     runs = load_runs(run_dirs)
@@ -240,6 +241,7 @@ def write_experiment_report(out: Path, cfg, data, calibration: dict[str, dict[fl
     reliance = plot_prefix_reliance(runs, folder / "prefix_reliance.png") is not None
     claims = judge_claims(runs, numbers, calibration, method)
     summary = {"method": method, "headline": numbers, "claims": claims, "calibration": calibration,
+               "regime": regime_row(data.task.name, data, calibration, runs, numbers),
                "sft_tuning": sft_tuning(run_dirs.get("sft-rl", [])),
                "trace_strategy_shares": trace_shares, "collect_flops": collect_flops,
                "total_flops": _total_flops(out, runs, collect_flops),
@@ -279,6 +281,8 @@ def _interval(ci) -> str:
 
 
 def _experiment_markdown(cfg, data, summary: dict, has_markers: bool, has_reliance: bool = False) -> str:
+    from prefixrl.regime import regime_markdown
+
     method, numbers = summary["method"], summary["headline"]
     n_params = data.sampler.n_params
     traces = (f"their reference solutions gave verified traces for {len(data.solved)} (no collection FLOPs)."
@@ -313,6 +317,9 @@ def _experiment_markdown(cfg, data, summary: dict, has_markers: bool, has_relian
                      "seeds. Held-out problems were never prefixed, so memorising traces cannot help there.")
     if summary["sft_tuning"]:
         parts += ["## The SFT baseline, tuned", _sft_tuning_markdown(summary["sft_tuning"])]
+    parts += ["## The task's regime", "What this experiment measured about its task, beside who won (`python "
+              "benchmarks/regime_table.py FOLDER...` puts several experiments' rows side by side):",
+              regime_markdown([summary["regime"]])]
     parts += ["## Claims of the paper", markdown_table(["claim", "status", "evidence"],
                                                          [[c["claim"], c["status"], c["evidence"]]
                                                           for c in summary["claims"]])]

@@ -71,11 +71,13 @@ def verify_all(task: Task, items: list[tuple[Problem, str]]) -> list[Verdict]:
 
 def builtin_tasks() -> dict[str, type]:
     from prefixrl.tasks.chain import ChainTask
+    from prefixrl.tasks.gambles import GamblesTask
     from prefixrl.tasks.math import MathTask
     from prefixrl.tasks.mines import MinesTask
     from prefixrl.tasks.sort import SortTask
 
-    return {"sort": SortTask, "chain": ChainTask, "mines": MinesTask, "math": MathTask}
+    return {"sort": SortTask, "chain": ChainTask, "mines": MinesTask, "gambles": GamblesTask,
+            "math": MathTask}
 
 
 def load_task(name: str, **kwargs) -> Task:
