@@ -39,7 +39,7 @@ from rich.console import Console  # noqa: E402
 from prefixrl.analysis import mean_metric, read_metrics  # noqa: E402
 from prefixrl.experiment import ExperimentConfig, _init_worker  # noqa: E402
 from prefixrl.files import atomic_write_text, read_jsonl  # noqa: E402
-from prefixrl.methods import run_method  # noqa: E402
+from prefixrl.engine import run_method  # noqa: E402
 from prefixrl.pipeline import prepare_data  # noqa: E402
 from prefixrl.prefixes import prefixed_problems, with_context_limit  # noqa: E402
 from prefixrl.tasks import strategy_of  # noqa: E402

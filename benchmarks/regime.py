@@ -21,7 +21,7 @@ from prefixrl.models import load_model, resolve_model
 from prefixrl.prefixes import PrefixConfig, prefixed_problems
 from prefixrl.tasks import load_problems, load_task
 from prefixrl.traces import load_traces
-from prefixrl.methods import run_method
+from prefixrl.engine import run_method
 from prefixrl.train import TrainConfig
 
 

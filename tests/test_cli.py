@@ -154,10 +154,10 @@ def sort_rows(sort_task, tmp_path):
 
 
 def test_train_passes_eval_batch_size(model_dir, sort_rows, tmp_path, monkeypatch):
-    import prefixrl.methods
+    import prefixrl.engine
 
     seen = {}
-    monkeypatch.setattr(prefixrl.methods, "run_method", lambda *args, **kwargs: seen.update(cfg=args[5]) or tmp_path)
+    monkeypatch.setattr(prefixrl.engine, "run_method", lambda *args, **kwargs: seen.update(cfg=args[5]) or tmp_path)
     result = invoke("train", model_dir, "--task", "sort", "--data", sort_rows, "--eval-batch-size", 7)
     assert result.exit_code == 0, result.output
     assert seen["cfg"].eval_batch_size == 7

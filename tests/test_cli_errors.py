@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import prefixrl.methods
+import prefixrl.engine
 import prefixrl.screen
 from prefixrl.cli import app
 from prefixrl.generate import SamplingParams
@@ -45,7 +45,7 @@ def test_cli_defaults_are_the_configs(tmp_path, monkeypatch):
     """The CLI generates as many tokens as the demo and the dataclasses do (one source), so the
     stage-by-stage commands cut prefixes that fit the shipped models' 256-token window."""
     seen = {}
-    monkeypatch.setattr(prefixrl.methods, "run_method", lambda *args, **kwargs: seen.update(cfg=args[5]) or tmp_path)
+    monkeypatch.setattr(prefixrl.engine, "run_method", lambda *args, **kwargs: seen.update(cfg=args[5]) or tmp_path)
     rows = tmp_path / "train.jsonl"
     rows.write_text(json.dumps({"prompt": "x", "problem_id": "sort-351207", "prefix": "", "prefixed": False}) + "\n")
     result, _ = invoke("train", "builtin:sort", "--task", "sort", "--data", rows, "--out", tmp_path / "run")
@@ -145,3 +145,75 @@ def test_a_full_disk_is_the_tools_error(sort_task, tmp_path, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "error: No space left on device: free some space and rerun the same command" in message
     assert not (tmp_path / "p" / "train.jsonl").exists()  # no half-written file
+
+
+def test_every_cli_default_is_the_librarys():
+    """One source per default: an option that sets a config field has that field's default, and
+    `prefixrl train` has an option for every TrainConfig field."""
+    import inspect
+
+    import typer.main
+
+    from prefixrl.config import (CollectConfig, PrefixConfig, PretrainConfig, SFTStageConfig, TinyModelConfig,
+                                 default)
+    from prefixrl.screen import screen
+
+    sampling = {name: (SamplingParams, name) for name in ("backend", "temperature", "max_new_tokens", "batch_size")}
+    same = {  # command: {option: (config class, field)}
+        "pretrain": {"steps": (PretrainConfig, "steps"), "batch_size": (PretrainConfig, "batch_size"),
+                     "lr": (PretrainConfig, "lr"), "tokenizer": (PretrainConfig, "tokenizer"),
+                     "hidden_size": (TinyModelConfig, "hidden_size"), "layers": (TinyModelConfig, "num_hidden_layers")},
+        "screen": sampling,
+        "collect": {**sampling, **{name: (CollectConfig, name) for name in
+                                   ("max_attempts", "traces_per_problem", "attempts_per_round")}},
+        "evaluate": {**sampling, "temperature": (TrainConfig, "eval_temperature")},
+        "prefixes": {"policy": (PrefixConfig, "policy"), "cuts": (PrefixConfig, "cuts_per_trace"),
+                     "low": (PrefixConfig, "low"), "high": (PrefixConfig, "high"),
+                     "fraction": (PrefixConfig, "fractions"), "tokens": (PrefixConfig, "token_counts"),
+                     "snap": (PrefixConfig, "snap"), "unprefixed": (PrefixConfig, "unprefixed_per_problem"),
+                     "band": (PrefixConfig, "band"), "max_prompt_length": (PrefixConfig, "max_prompt_length"),
+                     "on_too_long": (PrefixConfig, "on_too_long"),
+                     "max_completion_length": (TrainConfig, "max_completion_length")},
+        "train": {**{name: (TrainConfig, name) for name in TrainConfig.__dataclass_fields__},
+                  "sft_epochs": (SFTStageConfig, "epochs")},
+    }
+    commands = typer.main.get_command(app).commands
+    for command, options in same.items():
+        params = {p.name: p.default for p in commands[command].params}
+        for option, (cls, name) in options.items():
+            expected = default(cls, name)
+            got = params[option]
+            got = type(expected)(got) if isinstance(expected, (list, tuple)) and got is not None else got
+            assert got == expected, f"prefixrl {command} --{option}: {got!r}, but {cls.__name__}.{name} is {expected!r}"
+    assert {p.name: p.default for p in commands["screen"].params}["n"] == inspect.signature(screen).parameters["n"].default
+
+
+def test_a_builtin_model_implies_its_task_and_any_other_model_needs_task(tmp_path, monkeypatch):
+    """No guessed task: `builtin:TASK` names its own (chain-q is a chain model); for any other model,
+    or none, --task is required, said before anything is loaded."""
+    from prefixrl.cli_common import load_task_for
+    from prefixrl.files import InputError
+
+    assert load_task_for(None, [], "builtin:sort").name == "sort"
+    assert load_task_for(None, [], "builtin:chain-q").name == "chain"
+    assert load_task_for("sort", [], "builtin:chain").name == "sort"  # --task wins
+    for model in (str(tmp_path), None):
+        with pytest.raises(InputError, match="pass --task"):
+            load_task_for(None, [], model)
+    result, message = invoke("evaluate", tmp_path, "--out", tmp_path / "eval", "--quiet")
+    assert result.exit_code == 2 and f"which task? pass --task (e.g. --task sort) for model {tmp_path}" in message
+    result, message = invoke("reference", "--problems", "train", "--out", tmp_path / "ref")
+    assert result.exit_code == 2 and "which task? pass --task" in message
+
+
+def test_train_reaches_every_trainconfig_field(tmp_path, monkeypatch):
+    """Fields the CLI did not expose before (temperature, budget_flops, ...) reach the run's config."""
+    seen = {}
+    monkeypatch.setattr(prefixrl.engine, "run_method", lambda *args, **kwargs: seen.update(cfg=args[5]) or tmp_path)
+    rows = tmp_path / "train.jsonl"
+    rows.write_text(json.dumps({"prompt": "x", "problem_id": "sort-351207", "prefix": "", "prefixed": False}) + "\n")
+    result, _ = invoke("train", "builtin:sort", "--data", rows, "--out", tmp_path / "run", "--temperature", 0.9,
+                       "--budget-flops", 1e12, "--no-progress-bar", "--luffy-gamma", 0.2)
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.temperature, cfg.budget_flops, cfg.progress_bar, cfg.luffy_gamma) == (0.9, 1e12, False, 0.2)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import prefixrl.train as train_module
+from prefixrl.offpolicy import OffPolicyTrainer
 from prefixrl.train import TrainConfig, batch_split, grpo_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +157,8 @@ def test_the_gpu_recipes_options_in_one_process(launched, sort_task):
 
     tmp, _, _ = launched
     out = tmp / "one"
-    result = CliRunner().invoke(app, ["train", str(tmp / "base"), "--data", str(tmp / "train.jsonl"), "--out", str(out),
+    result = CliRunner().invoke(app, ["train", str(tmp / "base"), "--task", "sort", "--data", str(tmp / "train.jsonl"),
+                                      "--out", str(out),
                                       "--steps", "1", "--problems-per-step", "2", "--num-generations", "2",
                                       "--micro-batch-size", "1", "--gradient-checkpointing", "--eval-every", "0",
                                       "--max-completion-length", "16"])
@@ -223,9 +225,9 @@ def test_trace_goes_to_each_groups_last_sample_across_processes(process, expecte
     trainer = SimpleNamespace(accelerator=SimpleNamespace(process_index=process), num_generations=2,
                               _batch_inputs=[{"problem_id": pid} for pid in ids],
                               off_policy=SimpleNamespace(token_ids={"a": [1], "b": [1], "c": [1]}))
-    assert train_module.PrefixRLTrainer._off_policy_rows(trainer, 3) == expected
+    assert OffPolicyTrainer._off_policy_rows(trainer, 3) == expected
     trainer.off_policy.token_ids = {"a": [1]}
-    assert train_module.PrefixRLTrainer._off_policy_rows(trainer, 3) == ([1] if process == 0 else [])
+    assert OffPolicyTrainer._off_policy_rows(trainer, 3) == ([1] if process == 0 else [])
 
 
 # -- the accelerate configs ---------------------------------------------------------------------------

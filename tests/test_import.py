@@ -103,7 +103,8 @@ def test_cli_import_prints_rejected_lines(records, tmp_path):
         assert re.search(rf"rejected {re.escape(str(source))}, line {line}: .*{reason}", result.output), result.output
     assert "imported 1 traces" in result.output and "rejected 3" in result.output
     assert len(load_traces(tmp_path / "store" / "traces.jsonl")) == 1
-    bad = CliRunner().invoke(app, ["import", str(tmp_path / "store"), "--file", str(tmp_path / "nope.jsonl")],
+    bad = CliRunner().invoke(app, ["import", str(tmp_path / "store"), "--file", str(tmp_path / "nope.jsonl"),
+                                   "--task", "sort"],
                              env={"COLUMNS": "400"})
     assert bad.exit_code == 2 and "no such file" in bad.output
 

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
-import prefixrl.methods
+import prefixrl.engine
 from conftest import FakeSortSampler, solve_sort
 from prefixrl.evaluate import evaluate
 from prefixrl.files import InputError, write_jsonl
-from prefixrl.methods import run_method
+from prefixrl.engine import run_method
 from prefixrl.models import char_tokenizer, resolve_model
 from prefixrl.prefixes import prefixed_problems
 from prefixrl.screen import screen
@@ -51,7 +51,7 @@ def stub_train(monkeypatch):
         (out_dir / "manifest.json").write_text("{}")
         return out_dir / "model"
 
-    monkeypatch.setattr(prefixrl.methods, "train", fake)
+    monkeypatch.setattr(prefixrl.engine, "train", fake)
     return state
 
 

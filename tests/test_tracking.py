@@ -32,11 +32,11 @@ def test_an_older_metrics_file_reads_with_todays_names(tmp_path):
 
 
 def test_report_to_names_an_unknown_or_missing_tracker(monkeypatch):
-    import prefixrl.train as train
+    import prefixrl.config as config
 
     with pytest.raises(ValueError, match=r"unknown tracker \['mlflow'\]; use none or trackio, wandb, tensorboard"):
         TrainConfig(report_to="trackio,mlflow")
-    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="report_to wandb: it is not installed; pip install wandb"):
         TrainConfig(report_to="wandb")
     assert TrainConfig().report_to == "none"

@@ -11,12 +11,15 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import GRPOTrainer
 
+import prefixrl.callbacks as callbacks
 import prefixrl.train as train_module
 from conftest import record_sampler_params, solve_chain, solve_sort
 from prefixrl.flops import FlopsLedger
 from prefixrl.models import TinyModelConfig, char_tokenizer, sequence_logprobs, tiny_model
 from prefixrl.prefixes import prefixed_problems
-from prefixrl.train import OffPolicyTraces, PrefixRLTrainer, TrainConfig, grpo_config, reward_function, train
+from prefixrl.objective import reinforce_loss
+from prefixrl.offpolicy import OffPolicyTrainer, OffPolicyTraces
+from prefixrl.train import PrefixRLTrainer, TrainConfig, grpo_config, reward_function, train
 
 torch.set_num_threads(1)
 SMALL = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -47,9 +50,9 @@ def setup(sort_task, tmp_path_factory):
                            rows=prefixed_problems(tok, traces, problems))
 
 
-def make_trainer(setup, reward, out_dir, **extra):
+def make_trainer(setup, reward, out_dir, kind=PrefixRLTrainer, **extra):
     cfg = TrainConfig(steps=1, problems_per_step=2, num_generations=2, max_completion_length=MAX_LEN)
-    trainer = PrefixRLTrainer(model=tiny_model(setup.tok, SMALL), reward_funcs=reward, args=grpo_config(cfg, out_dir),
+    trainer = kind(model=tiny_model(setup.tok, SMALL), reward_funcs=reward, args=grpo_config(cfg, out_dir),
                               train_dataset=Dataset.from_list(setup.rows), processing_class=setup.tok,
                               flops_ledger=FlopsLedger(), **extra)
     trainer.model.train()
@@ -88,10 +91,10 @@ def test_prefix_is_prompt_and_only_the_continuation_is_trained(setup, sort_task,
     attention = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
     continuation = torch.cat([torch.zeros_like(out["prompt_mask"]), out["completion_mask"]], 1)
 
-    def reinforce(targets):  # -advantage x log p(token), summed over the masked targets (dr_grpo's scale)
+    def reinforce(targets):  # objective.py's formula: -advantage x log p(token) over the masked targets
         logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1]
         logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        return -(out["advantages"][:, None] * logp * targets[:, 1:]).sum() / (len(batch) * MAX_LEN)
+        return reinforce_loss(logp, out["advantages"], targets[:, 1:], MAX_LEN)
 
     # Group-mean advantages sum to zero over a group, whose samples share one prompt, so terms for
     # prompt tokens would cancel: advantages that do not cancel make the comparison below sharp.
@@ -280,10 +283,12 @@ def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setu
 
 @pytest.mark.parametrize("weight", ["is", "luffy"])
 def test_off_policy_trace_joins_each_group_with_its_weight(setup, sort_task, tmp_path, weight):
-    trainer = make_trainer(setup, reward_function(sort_task, setup.problems), tmp_path)
-    model, tok = trainer.model, setup.tok
+    tok = setup.tok
     traces = {pid: tok(solve_sort(p.prompt), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
               for pid, p in setup.problems.items()}
+    trainer = make_trainer(setup, reward_function(sort_task, setup.problems), tmp_path, kind=OffPolicyTrainer,
+                           off_policy=OffPolicyTraces(weight, traces, {}))
+    model = trainer.model
     # behaviour log-probs = the policy's own: pi/mu = 1, so `is` must equal REINFORCE on the trace
     behaviour = {pid: sequence_logprobs(model, tok, setup.problems[pid].prompt, ids) for pid, ids in traces.items()}
     trainer.off_policy = OffPolicyTraces(weight, traces, behaviour)
@@ -323,8 +328,8 @@ def test_evaluation_skips_an_empty_problem_set(setup, sort_task, tmp_path, caplo
     the empty set is left out (no pass@1 of nothing) and the log says so."""
     trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True))
     cfg = TrainConfig(eval_n=1, max_completion_length=8)
-    with caplog.at_level("WARNING", logger="prefixrl.train"):
-        evaluator = train_module.UnprefixedEval(lambda: trainer, sort_task, {"train": list(setup.problems.values()),
+    with caplog.at_level("WARNING", logger="prefixrl.callbacks"):
+        evaluator = callbacks.UnprefixedEval(lambda: trainer, sort_task, {"train": list(setup.problems.values()),
                                                 "heldout": []}, cfg, tmp_path, FlopsLedger(), [])
     row = evaluator._evaluate(0, tiny_model(setup.tok, SMALL), setup.tok, tmp_path / "evals")
     assert 0 <= row["eval/train/pass@1"] <= 1 and not any("heldout" in key for key in row)
@@ -340,10 +345,10 @@ def test_eval_every_0_means_no_evaluation_at_all(setup, sort_task, tmp_path):
 
 
 def test_evaluation_samples_in_batches_of_eval_batch_size(setup, sort_task, tmp_path, monkeypatch):
-    made = record_sampler_params(monkeypatch, train_module)
+    made = record_sampler_params(monkeypatch, callbacks)
     trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True))
     cfg = TrainConfig(eval_n=1, max_completion_length=8, eval_batch_size=3)
-    evaluator = train_module.UnprefixedEval(lambda: trainer, sort_task, {"train": list(setup.problems.values())}, cfg,
+    evaluator = callbacks.UnprefixedEval(lambda: trainer, sort_task, {"train": list(setup.problems.values())}, cfg,
                                             tmp_path, FlopsLedger(), [])
     evaluator._evaluate(0, tiny_model(setup.tok, SMALL), setup.tok, tmp_path / "evals")
     assert [(p.batch_size, p.max_new_tokens) for p in made] == [(3, 8)]

@@ -22,7 +22,8 @@ from prefixrl.generate import SamplingParams
 from prefixrl.models import TinyModelConfig, char_tokenizer, encode_prompt, tiny_model
 from prefixrl.pipeline import build_config
 from prefixrl.prefixes import prefixed_problems
-from prefixrl.train import OffPolicyTraces, PrefixRLTrainer, TrainConfig, grpo_config, reward_function
+from prefixrl.offpolicy import OffPolicyTrainer, OffPolicyTraces
+from prefixrl.train import TrainConfig, grpo_config, reward_function
 
 torch.set_num_threads(1)
 SMALL = TinyModelConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
@@ -87,13 +88,13 @@ def test_sampler_without_vllm_says_how_to_get_it(no_vllm, model_dir):
 @pytest.mark.parametrize("command", ["screen", "train"])
 def test_cli_without_vllm_fails_cleanly(no_vllm, command, model_dir, sort_task, tok, tmp_path):
     if command == "screen":
-        args = ["screen", str(model_dir), "--backend", "vllm", "--n", "2", "--out", str(tmp_path / "s")]
+        args = ["screen", str(model_dir), "--task", "sort", "--backend", "vllm", "--n", "2", "--out", str(tmp_path / "s")]
     else:
         problems = {p.id: p for p in sort_task.problems("train")[:1]}
         rows = prefixed_problems(tok, [{"problem_id": pid, "completion": solve_sort(p.prompt)}
                                        for pid, p in problems.items()], problems)
         write_jsonl(tmp_path / "train.jsonl", rows)
-        args = ["train", str(model_dir), "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "t"),
+        args = ["train", str(model_dir), "--task", "sort", "--data", str(tmp_path / "train.jsonl"), "--out", str(tmp_path / "t"),
                 "--use-vllm"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)  # an error line, no traceback
@@ -176,11 +177,11 @@ def test_vllm_rollouts_get_the_trace_and_are_counted(sort_task, tok, tmp_path):
                                    for pid, p in problems.items()], problems)
     cfg = TrainConfig(steps=1, problems_per_step=2, num_generations=2, max_completion_length=64)
     ledger = FlopsLedger()
-    trainer = PrefixRLTrainer(model=tiny_model(tok, SMALL), reward_funcs=reward_function(sort_task, problems),
-                              args=grpo_config(cfg, tmp_path, processes=1), train_dataset=Dataset.from_list(rows),
-                              processing_class=tok, flops_ledger=ledger,
-                              off_policy=OffPolicyTraces("is", traces, {pid: [-1.0] * len(ids)
-                                                                        for pid, ids in traces.items()}))
+    trainer = OffPolicyTrainer(model=tiny_model(tok, SMALL), reward_funcs=reward_function(sort_task, problems),
+                               args=grpo_config(cfg, tmp_path, processes=1), train_dataset=Dataset.from_list(rows),
+                               processing_class=tok, flops_ledger=ledger,
+                               off_policy=OffPolicyTraces("is", traces, {pid: [-1.0] * len(ids)
+                                                                         for pid, ids in traces.items()}))
     # what GRPOTrainer.__init__ sets up when use_vllm is on (vLLM itself cannot run here)
     trainer.use_vllm, trainer.vllm_generation, trainer._last_loaded_step = True, FakeVLLMGeneration(tok), -1
     assert trainer.vllm_importance_sampling_correction  # TRL's default: an extra old-policy forward pass

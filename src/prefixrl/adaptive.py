@@ -7,35 +7,26 @@ success rate at prefix fractions 0, 0.1, ..., 1, and cut at the shortest fractio
 the band (default 0.2-0.8): groups there have mixed rewards, so a gradient. As the policy improves
 the chosen prefixes shrink, down to none. Training rows keep their slots; only their prompts
 change. The calibration samples are charged to the run's FLOPs ledger.
+
+The trainer reads it through trainer.LiveRows (`current`, `solved`), given at construction; as a
+callback it re-calibrates on the policy the Trainer hands every callback.
 """
 
 from __future__ import annotations
 
 import shutil
-import weakref
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from prefixrl.config import AdaptiveConfig
 from prefixrl.files import AppendLog, read_jsonl, write_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import SamplingParams, sampler_for
 from prefixrl.models import n_params
 from prefixrl.prefixes import PrefixConfig, calibrate, prefixed_problems, with_context_limit
 from prefixrl.tasks import Problem, Task
-
-
-@dataclass
-class AdaptiveConfig:
-    every: int = 25  # steps between re-calibrations
-    n: int = 16  # samples per (trace, prefix fraction)
-    band: tuple[float, float] = (0.2, 0.8)  # target success rate of a prefixed problem
-    grow_pool: bool = True  # the policy's correct unprefixed answers join the trace pool
-
-    def __post_init__(self):
-        if self.every < 1 or self.n < 1:
-            raise ValueError(f"AdaptiveConfig.every and .n must be >= 1, got {self.every}, {self.n}")
 
 
 class TracePool:
@@ -68,10 +59,13 @@ class AdaptivePrefixes(TrainerCallback):
         # the context window is cut (and measured) at the longest that fits instead of refused
         self.prefix_cfg = replace(prefix_cfg, policy="adaptive", band=tuple(cfg.band), on_too_long="truncate")
         self.folder, self.traces = Path(out_dir) / "adaptive", traces
-        self.trainer_ref = None
+        self.current: list[dict] = []  # by slot: the rows in force (trainer.LiveRows)
+        self.ledger: FlopsLedger | None = None
 
-    def start(self, kept_step: int) -> int:
-        """Forget what a killed run did after its checkpoint; returns the step whose rows are current."""
+    def start(self, kept_step: int, ledger: FlopsLedger | None = None) -> int:
+        """Forget what a killed run did after its checkpoint; returns the step whose rows are current.
+        `ledger`: where the re-calibrations during training are charged."""
+        self.ledger = ledger
         for path in self.folder.glob("step-*"):
             if int(path.name.split("-")[1]) > kept_step:
                 shutil.rmtree(path)
@@ -82,9 +76,10 @@ class AdaptivePrefixes(TrainerCallback):
         self.pool = TracePool(self.traces, self.folder / "trace_pool.jsonl")
         return max(kept_step, 0) // self.cfg.every * self.cfg.every
 
-    def attach(self, trainer, ledger: FlopsLedger) -> None:
-        self.trainer_ref, self.ledger = weakref.ref(trainer), ledger
-        trainer.trace_pool = self.pool if self.cfg.grow_pool else None
+    def solved(self, problem_id: str, completion: str, step: int) -> None:
+        """A correct unprefixed answer of the policy: it joins the pool (with grow_pool)."""
+        if self.cfg.grow_pool:
+            self.pool.add(problem_id, completion, step)
 
     def rows(self, model, tokenizer, step: int, ledger: FlopsLedger) -> list[dict]:
         """The rows chosen at `step`: from its calibration on disk if it ran before (a resumed run),
@@ -112,8 +107,6 @@ class AdaptivePrefixes(TrainerCallback):
                              "policy_traces": len(self.pool.log.rows)})
         return [{**row, "slot": i} for i, row in enumerate(rows)]
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.cfg.every == 0:
-            trainer = self.trainer_ref()
-            model = trainer.accelerator.unwrap_model(trainer.model)
-            trainer.live_rows = self.rows(model, trainer.processing_class, state.global_step, self.ledger)
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if state.global_step % self.cfg.every == 0:  # (one process: the Trainer's model is the policy itself)
+            self.current = self.rows(model, processing_class, state.global_step, self.ledger)

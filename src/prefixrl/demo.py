@@ -22,7 +22,8 @@ from prefixrl.evaluate import evaluate
 from prefixrl.files import atomic_write_text, read_jsonl
 from prefixrl.flops import FlopsLedger
 from prefixrl.generate import SamplingParams, make_sampler
-from prefixrl.methods import run_method
+from prefixrl.config import CALIBRATION_N
+from prefixrl.engine import run_method
 from prefixrl.pipeline import PipelineConfig, prepare_data
 from prefixrl.prefixes import calibrate, success_curve
 from prefixrl.report import (markdown_table, plot_back_generalization, plot_reward_vs_flops, plot_success_vs_prefix,
@@ -35,7 +36,7 @@ from prefixrl.train import TrainConfig
 class EvalConfig:
     n: int = 32  # samples per problem (unprefixed)
     temperature: float = 0.7  # the paper's
-    calibration_n: int = 32  # samples per prefix fraction for the success-vs-prefix curve
+    calibration_n: int = CALIBRATION_N  # samples per prefix fraction for the success-vs-prefix curve
     calibration_traces: int = 8
 
 

@@ -34,7 +34,9 @@ from rich.console import Console
 from prefixrl.adaptive import AdaptiveConfig
 from prefixrl.files import InputError, atomic_write_text, progress_bar
 from prefixrl.generate import make_sampler
-from prefixrl.methods import METHODS, TRACE_FREE, run_method
+from prefixrl.config import CALIBRATION_N
+from prefixrl.engine import run_method
+from prefixrl.methods import METHODS
 from prefixrl.pipeline import PipelineConfig, prepare_data
 from prefixrl.prefixes import calibrate, success_curve
 from prefixrl.report import write_experiment_report
@@ -53,7 +55,7 @@ class ExperimentConfig(PipelineConfig):
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)  # prefixrl-adaptive's re-calibration
     calibration_traces: int = 8  # success vs prefix fraction, base vs each method's seed-0 policy
-    calibration_n: int = 32
+    calibration_n: int = CALIBRATION_N  # samples per (trace, prefix fraction)
     workers: int = 1  # runs trained at once, each in its own process (tiny models: 2 on 2 cores is ~1.7x faster)
 
     def __post_init__(self):
@@ -128,7 +130,7 @@ def _train_all(cfg: ExperimentConfig, out: Path, data, evals: dict, runs: list[t
     jobs = [dict(method=m, seed=seed, cfg=cfg, out=out, data=_shared(data), evals=evals) for m, seed in runs]
     # longest first, so the last runs finish together: a trace-free method is charged no collection,
     # so the same budget buys it more steps
-    jobs.sort(key=lambda job: job["method"] not in TRACE_FREE)
+    jobs.sort(key=lambda job: METHODS[job["method"]].charged_collection)
     failures = []
 
     def failed(job: dict, error: Exception) -> None:  # said at once; the other runs go on, a rerun resumes
@@ -220,7 +222,8 @@ def _run(method: str, seed: int, cfg: ExperimentConfig, out: Path, data: dict, e
     train_cfg = replace(cfg.train, seed=seed, budget_flops=cfg.budget_flops, progress_bar=cfg.workers == 1)
     run_method(method, data["task"], data["model_path"], data["rows"], run_dir(out, method, seed), train_cfg,
                traces=data["traces"], eval_problems=evals,
-               prior_flops=None if method in TRACE_FREE else data["collect_flops"], sft_cfg=replace(cfg.sft, seed=seed),
+               prior_flops=data["collect_flops"] if METHODS[method].charged_collection else None,
+               sft_cfg=replace(cfg.sft, seed=seed),
                prefix_cfg=cfg.prefixes, adaptive_cfg=cfg.adaptive)
 
 

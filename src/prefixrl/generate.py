@@ -16,9 +16,9 @@ from typing import Protocol
 
 import torch
 
+from prefixrl.config import BACKENDS, SamplingParams
 from prefixrl.models import encode_prompt, n_params
 
-BACKENDS = ("auto", "fast", "hf", "vllm")
 logger = logging.getLogger(__name__)
 
 
@@ -33,24 +33,6 @@ class Sample:
     def tokens(self) -> int:
         """Tokens this sample cost at inference: D in 2·N·D (read + generated)."""
         return self.prompt_tokens + len(self.token_ids)
-
-
-@dataclass
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    batch_size: int = 256  # sequences per forward batch (prompts x samples)
-    backend: str = "auto"  # auto: generate_fast's decode loop on CPU where it supports the model, else
-    # transformers' generate | fast: that loop or an error | hf: transformers' generate | vllm (GPU)
-
-    def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"sampling backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 for sampling, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 class Sampler(Protocol):

@@ -7,13 +7,15 @@ One code path serves a 0.5 M-parameter toy and an 8 B model: everything downstre
 
 from __future__ import annotations
 
+import json
 import string
+from dataclasses import asdict
 from pathlib import Path
-from dataclasses import asdict, dataclass
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from prefixrl.config import TinyModelConfig
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>", "bos_token": "<bos>"}
 CHARS = string.printable.replace("\x0b", "").replace("\x0c", "").replace("\r", "")
@@ -42,22 +44,6 @@ def bpe_tokenizer(texts: list[str], vocab_size: int = 384) -> PreTrainedTokenize
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, padding_side="left")
-
-
-@dataclass
-class TinyModelConfig:
-    """Size of a task's base model (defaults: about 0.6 M parameters, fast on 2 CPU cores)."""
-
-    hidden_size: int = 128
-    num_hidden_layers: int = 3
-    num_attention_heads: int = 4
-    intermediate_size: int = 384
-    max_position_embeddings: int = 256
-
-    def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of "
-                             f"num_attention_heads ({self.num_attention_heads})")
 
 
 def tiny_model(tokenizer, cfg: TinyModelConfig | None = None, seed: int = 0) -> LlamaForCausalLM:
@@ -116,6 +102,15 @@ def count_params_from_config(path: str) -> int:
 
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
+
+
+def builtin_task(model: str) -> str | None:
+    """The task a `builtin:NAME` model was trained for (its manifest's; `builtin:chain-q` is a chain
+    model), else None: any other model says nothing about its task."""
+    if not model.startswith("builtin:"):
+        return None
+    manifest = Path(resolve_model(model)) / "manifest.json"
+    return json.loads(manifest.read_text())["config"]["task"]
 
 
 def resolve_model(name: str) -> str:

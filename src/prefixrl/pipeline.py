@@ -6,20 +6,20 @@ continues where it stopped. Configs are YAML files read into nested dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, replace
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import yaml
 from rich.console import Console
 
 from prefixrl.files import InputError, write_jsonl
 from prefixrl.flops import FlopsLedger
-from prefixrl.generate import SamplingParams, make_sampler
+from prefixrl.generate import Sampler, SamplingParams, make_sampler
 from prefixrl.models import resolve_model
 from prefixrl.prefixes import PrefixConfig, prefixed_problems, with_context_limit
 from prefixrl.screen import screen
-from prefixrl.tasks import load_problems, load_task
+from prefixrl.tasks import Problem, Task, load_problems, load_task
 from prefixrl.traces import CollectConfig, collect, reference_traces
 from prefixrl.typecheck import hints_of, type_problem
 
@@ -101,10 +101,24 @@ def _default_of(f):
     return f.default_factory() if f.default_factory is not MISSING else None
 
 
+@dataclass
+class PreparedData:
+    """What the data stages hand to training and the report."""
+
+    task: Task
+    model_path: str  # the base policy's folder
+    sampler: Sampler  # the base policy's (it screened, and collected unless trace_model is set)
+    screened: list[Problem]
+    hard: list[Problem]  # pass@k = 0 among the screened
+    traces: list[dict]  # correct traces of hard problems
+    solved: list[Problem]  # the hard problems that have a trace
+    rows: list[dict]  # the training rows (prefixes/train.jsonl)
+    collect_flops: FlopsLedger  # the collection's, charged to the methods that see a trace
+
+
 def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool = False,
-                 max_completion_length: int | None = None) -> SimpleNamespace:
-    """Screen for hard problems, collect a trace for each, cut prefixes; returns what later stages
-    need (task, model_path, sampler, screened, hard, traces, solved, rows, collect_flops).
+                 max_completion_length: int | None = None) -> PreparedData:
+    """Screen for hard problems, collect a trace for each, cut prefixes.
     max_completion_length: the tokens training will generate after a prompt (default: the sampling's
     max_new_tokens); the policy's context window less it bounds a prefixed prompt."""
     if not isinstance(cfg.task_args, dict):
@@ -140,6 +154,43 @@ def prepare_data(cfg: PipelineConfig, out: Path, console: Console, quiet: bool =
     prefix_cfg = with_context_limit(cfg.prefixes, sampler.model, max_completion_length or cfg.sampling.max_new_tokens)
     rows = prefixed_problems(sampler.tokenizer, traces, {p.id: p for p in hard}, prefix_cfg)
     write_jsonl(out / "prefixes" / "train.jsonl", rows)
-    return SimpleNamespace(task=task, model_path=model_path, sampler=sampler, screened=screened, hard=hard,
-                           traces=traces, solved=solved, rows=rows,
-                           collect_flops=FlopsLedger(out / "traces" / "flops.json"))
+    return PreparedData(task=task, model_path=model_path, sampler=sampler, screened=screened, hard=hard,
+                        traces=traces, solved=solved, rows=rows, collect_flops=FlopsLedger(out / "traces" / "flops.json"))
+
+
+def prefixes_stage(task: Task, model: str, traces: Path, out: Path, cfg: PrefixConfig, max_completion_length: int,
+                   calibrate_n: int = 0, quiet: bool = False) -> tuple[list[dict], list[dict], dict, PrefixConfig]:
+    """`prefixrl prefixes`: cut `traces` (a traces.jsonl) in `model`'s tokens, held to its context window
+    less max_completion_length; with calibrate_n, first measure success vs prefix fraction (needed by the
+    adaptive cut policy; plotted, and charged to the stage's ledger). Writes train.jsonl, flops.json and
+    the manifest; returns (rows, shortened prefixes, success curve or {}, the config as applied)."""
+    from prefixrl.models import load_model, n_params
+    from prefixrl.prefixes import calibrate, success_curve
+    from prefixrl.runinfo import write_manifest
+    from prefixrl.tasks import problems_by_id
+    from prefixrl.traces import load_traces
+
+    start = time.time()
+    model_obj, tokenizer = load_model(resolve_model(model))
+    cfg = with_context_limit(cfg, model_obj, max_completion_length)
+    all_traces, problems = load_traces(traces), problems_by_id(task)
+    calibration, curve = None, {}
+    if calibrate_n:
+        from prefixrl.generate import sampler_for  # (at call time: tests record its sampling settings)
+        from prefixrl.report import plot_success_vs_prefix
+
+        sampler = sampler_for(model_obj, tokenizer, SamplingParams(max_new_tokens=max_completion_length))
+        calibration = calibrate(task, sampler, tokenizer, all_traces, problems, out, n=calibrate_n, seed=cfg.seed,
+                                quiet=quiet, cfg=cfg)
+        curve = success_curve(calibration)
+        plot_success_vs_prefix({model: curve}, out / "success_vs_prefix.png")
+    shortened = []
+    rows = prefixed_problems(tokenizer, all_traces, problems, cfg, calibration=calibration, shortened=shortened)
+    write_jsonl(out / "train.jsonl", rows)
+    ledger = FlopsLedger(out / "flops.json", fresh=True)  # calibration's sampling, chargeable (--prior-flops)
+    ledger.add("calibration", n_params=n_params(model_obj),
+               inference_tokens=sum(p["tokens"] for row in calibration or [] for p in row["points"]))
+    write_manifest(out, stage="prefixes", config={"model": model, "traces": str(traces), **asdict(cfg)},
+                   seed=cfg.seed, flops=ledger.total, wall_time_s=time.time() - start, task=task,
+                   extra={"shortened_prefixes": shortened})
+    return rows, shortened, curve, cfg

@@ -10,47 +10,15 @@ same prefixes in the user turn instead (`hint_rows`), and the policy writes a wh
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
+from prefixrl.config import PrefixConfig
 from prefixrl.files import AppendLog, InputError, progress_bar
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.models import encode_prompt
-from prefixrl.tasks import Problem, Task, verify_all
-
-
-@dataclass
-class PrefixConfig:
-    policy: str = "uniform"  # uniform (paper) | fixed | tokens | adaptive (from a calibration)
-    cuts_per_trace: int = 3  # uniform: prefixes per trace (paper: 3)
-    low: float = 0.4  # uniform: cut points drawn from [low, high] of the trace's tokens (paper: 40-80%)
-    high: float = 0.8
-    fractions: list[float] = field(default_factory=lambda: [0.5])  # fixed: fractions of the trace
-    token_counts: list[int] = field(default_factory=list)  # tokens: prefix lengths in policy tokens
-    band: tuple[float, float] = (0.2, 0.8)  # adaptive: target success rate of the prefixed problem
-    snap: str | None = None  # cut only where a step starts: this separator (" " or "\n"); None: anywhere
-    unprefixed_per_problem: int = 1  # unprefixed copies per problem: 3 cuts + 1 = the paper's 3:1 mix
-    # tokens a prompt may have (rendered problem + prefix); None: no limit, or (CLI, adaptive) the
-    # policy's context window less the completion length (with_context_limit)
-    max_prompt_length: int | None = None
-    on_too_long: str = "error"  # a longer prompt: "error" (refused) | "truncate" (a shorter prefix, recorded)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.policy not in ("uniform", "fixed", "tokens", "adaptive"):
-            raise ValueError(f"PrefixConfig.policy must be uniform, fixed, tokens or adaptive, got {self.policy!r}")
-        if not 0.0 <= self.band[0] <= self.band[1] <= 1.0:
-            raise ValueError(f"PrefixConfig.band must be (low, high) within [0, 1], got {self.band}")
-        if not 0.0 <= self.low <= self.high <= 1.0:
-            raise ValueError(f"PrefixConfig needs 0 <= low <= high <= 1, got low={self.low}, high={self.high}")
-        if any(not 0.0 <= f <= 1.0 for f in self.fractions):
-            raise ValueError(f"PrefixConfig.fractions must lie in [0, 1], got {self.fractions}")
-        if self.policy == "tokens" and not self.token_counts:
-            raise ValueError("PrefixConfig.policy 'tokens' needs token_counts")
-        if self.on_too_long not in ("error", "truncate"):
-            raise ValueError(f"PrefixConfig.on_too_long must be error or truncate, got {self.on_too_long!r}")
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ValueError(f"PrefixConfig.max_prompt_length must be >= 1, got {self.max_prompt_length}")
+from prefixrl.objective import rewards
+from prefixrl.tasks import Problem, Task
 
 
 def with_context_limit(cfg: PrefixConfig, model, max_completion_length: int) -> PrefixConfig:
@@ -248,7 +216,7 @@ def hint_rows(tokenizer, rows: list[dict], problems: dict[str, Problem]) -> list
 
 def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], problems: dict[str, Problem],
               out_dir: str | Path, fractions: tuple[float, ...] = tuple(i / 10 for i in range(11)),
-              n: int = 64, seed: int = 0, quiet: bool = False, cfg: PrefixConfig | None = None) -> list[dict]:
+              *, n: int, seed: int = 0, quiet: bool = False, cfg: PrefixConfig | None = None) -> list[dict]:
     """Success rate of n samples conditioned on each prefix fraction of each trace (resumable:
     one line of `calibration.jsonl` per trace), the prefixes held to cfg's prompt limit as the
     rows' are (fit_prefix)."""
@@ -269,7 +237,7 @@ def calibrate(task: Task, sampler: Sampler, tokenizer, traces: list[dict], probl
                                        seed=stable_seed(seed, f"{trace['problem_id']}:{index}"))
             rows = []
             for fraction, (prefix, h), group in zip(fractions, cuts, samples):
-                correct = sum(v.reward > 0 for v in verify_all(task, [(problem, prefix + s.text) for s in group]))
+                correct = sum(r > 0 for r in rewards(task, [(problem, prefix, s.text) for s in group]))
                 rows.append({"fraction": fraction, "prefix_tokens": h, "n": n, "correct": correct,
                              "tokens": sum(s.tokens for s in group)})  # read + generated: its FLOPs
             log.append({"trace": index, "problem_id": problem.id, "points": rows})

@@ -9,7 +9,7 @@ The result is a plain `save_pretrained` folder: `AutoModelForCausalLM.from_pretr
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,35 +17,12 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
+from prefixrl.config import PretrainConfig
 from prefixrl.flops import FlopsLedger
-from prefixrl.models import (TinyModelConfig, bpe_tokenizer, char_tokenizer, load_model, n_params, resolve_model,
+from prefixrl.models import (bpe_tokenizer, char_tokenizer, load_model, n_params, resolve_model,
                              tiny_model)
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Task, task_args
-
-
-@dataclass
-class PretrainConfig:
-    steps: int = 3000  # optimizer steps
-    batch_size: int = 64  # sequences per step
-    lr: float = 3e-3  # about 3e-3 worked for 0.5 M-parameter models on this kind of data
-    seed: int = 0
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    tokenizer: str = "char"  # "char", or "bpe": a byte-level BPE of bpe_vocab_size learned from the corpus
-    bpe_vocab_size: int = 384
-    # Start from this model's weights and tokenizer instead of random ones (a `builtin:TASK` name
-    # or a folder): a task whose steps another task's base already executes learns its corpus in
-    # a fraction of the steps (`mines` starts from `chain`'s walk on digit pairs).
-    init: str | None = None
-
-    def __post_init__(self):
-        if isinstance(self.model, dict):
-            self.model = TinyModelConfig(**self.model)
-        if self.tokenizer not in ("char", "bpe"):
-            raise ValueError(f"PretrainConfig.tokenizer must be 'char' or 'bpe', got {self.tokenizer!r}")
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 def pretrain(task: Task, out_dir: str | Path, cfg: PretrainConfig | None = None) -> Path:

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from prefixrl.analysis import BOTH_AT_ZERO, ratio_text  # noqa: E402
 from prefixrl.files import atomic_write_text  # noqa: E402
+from prefixrl.methods import METHODS  # noqa: E402
 
 
 def plot_reward_vs_flops(curves: dict[str, list[dict]], path: str | Path, marker_flops: float | None = None,
@@ -268,10 +269,9 @@ def _total_flops(out: Path, runs: dict[str, list[dict]], collect_flops: float) -
     ledger minus the collection FLOPs it was charged). Evaluation and calibration are measurement,
     charged to no method, and not counted."""
     from prefixrl.flops import FlopsLedger
-    from prefixrl.methods import TRACE_FREE
 
     screen = FlopsLedger(out / "screen" / "flops.json").total
-    runs_own = sum(run["eval"][-1]["flops"] - (0 if m in TRACE_FREE else collect_flops)
+    runs_own = sum(run["eval"][-1]["flops"] - (collect_flops if METHODS[m].charged_collection else 0)
                    for m, rs in runs.items() for run in rs)
     return float(screen + collect_flops + runs_own)
 

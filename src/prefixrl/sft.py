@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
+from prefixrl.config import SFTStageConfig
 from prefixrl.evaluate import score_problems
 from prefixrl.files import AppendLog
 from prefixrl.flops import FlopsLedger
@@ -34,32 +35,6 @@ from prefixrl.models import count_params_from_config, encode_prompt, load_model
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import write_manifest
 from prefixrl.tasks import Problem, Task, task_args
-
-
-@dataclass
-class SFTStageConfig:
-    # a 0.6 M-parameter model reproduces 4-18 chain traces at temperature 0.7 (pass@1 1.0, from 0)
-    # after 100 passes at 1e-3; 50 passes left it at 0.70 on 18 traces, 3e-3 was unstable
-    epochs: int = 100  # passes over the traces (without a sweep)
-    lr: float = 1e-3  # (without a sweep)
-    batch_size: int = 16  # traces per optimizer step
-    seed: int = 0
-    # -- tuning on validation problems: the baseline chosen the way a practitioner would -------------
-    sweep_lr: list[float] = field(default_factory=list)  # learning rates tried (empty: no sweep)
-    sweep_epochs: list[int] = field(default_factory=lambda: [25, 50, 100, 200])  # each lr's run is scored
-    # after these many passes (one run per lr: with a constant lr, its first e passes are an e-pass run)
-    validation_problems: int = 32  # the first N of the task's "validation" split
-    validation_n: int = 16  # samples per validation problem, at the RL stage's eval temperature
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "validation_problems", "validation_n"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SFTStageConfig.{name} must be >= 1, got {getattr(self, name)}")
-        self.sweep_lr = [float(lr) for lr in self.sweep_lr]  # YAML reads 1e-3 as text
-        if self.lr <= 0 or any(lr <= 0 for lr in self.sweep_lr):
-            raise ValueError(f"SFTStageConfig.lr and sweep_lr must be > 0, got {self.lr} and {self.sweep_lr}")
-        if self.sweep_lr and (not self.sweep_epochs or min(self.sweep_epochs) < 1):
-            raise ValueError(f"SFTStageConfig.sweep_epochs must be passes >= 1, got {self.sweep_epochs}")
 
 
 def sft_examples(tokenizer, traces: list[dict], problems: dict[str, Problem]) -> list[dict]:

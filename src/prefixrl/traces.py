@@ -17,25 +17,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prefixrl.config import CollectConfig
 from prefixrl.files import AppendLog, InputError, atomic_write_text, iter_records, progress_bar, read_jsonl, write_jsonl
 from prefixrl.flops import FlopsLedger, inference_flops
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import run_folder, sampling_identity, write_manifest
 from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
-
-
-@dataclass
-class CollectConfig:
-    max_attempts: int = 2500  # cap on samples per problem (paper: 2,500)
-    traces_per_problem: int = 1  # m: stop a problem once it has this many correct traces
-    attempts_per_round: int = 64  # samples per problem per round (a kill loses at most one round)
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("max_attempts", "traces_per_problem", "attempts_per_round"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CollectConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass

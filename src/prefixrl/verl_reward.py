@@ -6,7 +6,7 @@ The export copies this file to DIR/reward.py; verl loads it by path, so it impor
 its own folder. A prefixed problem's prompt ends with the prefix, so verl's `solution_str` (the
 decoded response) is the policy's continuation only; the final answer may sit in the prefix or
 in the continuation, so the prefix (extra_info["prefix"]) is prepended before verifying, exactly
-as prefixrl's own reward does (train.reward_function).
+as prefixrl's own reward does (objective.solution).
 
 Verification is the task's own (`prefixrl.tasks`: the built-in tasks' exact checkers, math-verify
 for math), so a run on verl and a run on prefixrl score alike. That needs prefixrl installed in
@@ -37,7 +37,8 @@ def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_
         raise ValueError(f"a row of data source {data_source!r} has no prefixrl problem in extra_info: "
                          "this reward scores rows written by `prefixrl export verl`")
     task = _task(extra_info["task"], extra_info.get("task_args") or "{}")  # first: its ImportError says how to install prefixrl
+    from prefixrl.objective import solution
     from prefixrl.tasks import Problem
 
     problem = Problem.from_dict(json.loads(extra_info["problem"]))
-    return float(task.verify(problem, (extra_info.get("prefix") or "") + solution_str).reward)
+    return float(task.verify(problem, solution(extra_info.get("prefix") or "", solution_str)).reward)
