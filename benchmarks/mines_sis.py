@@ -4,6 +4,7 @@ sampling (SIS) over safe walks (README, Tasks: `mines`).
     python benchmarks/mines_sis.py builtin:mines '{}' runs/mines-sis.json      # rates, success vs prefix
     python benchmarks/mines_sis.py --traces builtin:mines runs/task-properties/mines   # traces for regime.py
     python benchmarks/mines_sis.py builtin:gambles '{}' out.json --task gambles        # the same for `gambles`
+    python benchmarks/mines_sis.py --traces builtin:gambles runs/probe-gambles --task gambles --problems 32
 
 
 At each move, the model's distribution over the move letter is read; a safe move is drawn in
@@ -158,8 +159,9 @@ def write_traces(model_name: str, out: str, n_problems: int = 16, runs: int = 64
 
 if __name__ == "__main__":
     if sys.argv[1] == "--traces":
-        task_name = sys.argv[sys.argv.index("--task") + 1] if "--task" in sys.argv else "mines"
-        write_traces(sys.argv[2], sys.argv[3], task_name=task_name)
+        def flag(name, default):
+            return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+        write_traces(sys.argv[2], sys.argv[3], n_problems=int(flag("--problems", 16)), task_name=flag("--task", "mines"))
     else:
         main(sys.argv)
 

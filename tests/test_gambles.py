@@ -113,3 +113,11 @@ def test_shipped_base_model_prefers_gambles_as_documented(task):
             moves = probs[row, pos - 1, list(letter.values())]
             sure.append((moves[list(MOVES).index(m.group(1))] / moves.sum()).item())  # the walk's moves are the sure ones
     assert 0.15 <= sum(sure) / len(sure) <= 0.27, sum(sure) / len(sure)
+
+
+def test_builtin_gambles_implies_its_task():
+    """The shipped base is the `mines` model, but `builtin:gambles` means the gambles task."""
+    from prefixrl.models import builtin_task
+
+    assert builtin_task("builtin:gambles") == "gambles" and builtin_task("builtin:mines") == "mines"
+    assert builtin_task("builtin:chain-q") == "chain" and builtin_task("runs/some-model") is None

@@ -89,6 +89,21 @@ def test_train_folder_refuses_another_method_model_or_data(sort_task, rows, stub
     assert run_method("prefixrl", sort_task, resolve_model("builtin:sort"), rows, out) == out / "model"  # same: resumes
 
 
+def test_sft_rl_folder_refuses_other_sft_settings(sort_task, rows, tmp_path, monkeypatch):
+    """sft-rl's sft/ folder is reused on resume, so its folder is claimed under its SFT settings too:
+    a rerun with another learning rate or sweep is refused, not handed the old SFT model."""
+    from prefixrl.sft import SFTStageConfig
+
+    monkeypatch.setattr(prefixrl.engine, "_run_method", lambda *args: args[4] / "model")  # the check alone
+    out, traces = tmp_path / "run", [{"problem_id": r["problem_id"], "completion": "x"} for r in rows]
+    model = resolve_model("builtin:sort")
+    run_method("sft-rl", sort_task, model, rows, out, traces=traces, sft_cfg=SFTStageConfig(lr=1e-3))
+    with pytest.raises(InputError, match="sft: "):
+        run_method("sft-rl", sort_task, model, rows, out, traces=traces, sft_cfg=SFTStageConfig(sweep_lr=[3e-4]))
+    assert run_method("sft-rl", sort_task, model, rows, out, traces=traces, sft_cfg=SFTStageConfig(lr=1e-3)) == \
+        out / "model"
+
+
 # -- 3: evaluate and screen ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("stage", ["evaluate", "screen"])

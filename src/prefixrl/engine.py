@@ -5,7 +5,7 @@ RL (SFT; the off-policy traces' behaviour log-probs; prefixrl-adaptive's calibra
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -34,6 +34,10 @@ def run_method(method: str, task: Task, model_path: str, rows: list[dict], out_d
     identity = {"task": task.name, "task_args": task_args(task), "method": method,
                 "model": model_fingerprint(model_path), "_model_path": model_path, "rows": rows_fingerprint(rows),
                 "traces": rows_fingerprint(traces) if record.uses_traces else None}
+    if record.stage == "sft":  # its sft/ folder is reused on resume: only under the same SFT settings
+        from prefixrl.sft import SFTStageConfig
+
+        identity["sft"] = asdict(sft_cfg or SFTStageConfig())
     main = int(os.environ.get("RANK", "0")) == 0  # one lock per run, taken by its main process
     with run_folder(out_dir, "train", identity, lock=main):
         return _run_method(record, task, model_path, rows, Path(out_dir), cfg, traces, eval_problems, prior_flops,

@@ -105,10 +105,15 @@ CHECKPOINTS = Path(__file__).parent / "checkpoints"
 
 
 def builtin_task(model: str) -> str | None:
-    """The task a `builtin:NAME` model was trained for (its manifest's; `builtin:chain-q` is a chain
-    model), else None: any other model says nothing about its task."""
+    """The task a `builtin:NAME` model is shipped for: NAME when that is a built-in task (the
+    `gambles` base is the `mines` model), else its manifest's (`builtin:chain-q` is a chain model);
+    None for any other model, which says nothing about its task."""
     if not model.startswith("builtin:"):
         return None
+    from prefixrl.tasks import builtin_tasks
+
+    if model.removeprefix("builtin:") in builtin_tasks():
+        return model.removeprefix("builtin:")
     manifest = Path(resolve_model(model)) / "manifest.json"
     return json.loads(manifest.read_text())["config"]["task"]
 
