@@ -7,6 +7,9 @@ per written step (" L40/16 L05/15" -> " LL05/15"): the same walk, in a layout th
 saw. Prints the base policy's success rate conditioned on prefixes of both versions, by prefix
 fraction. A continuation may mix the layouts; it is scored by expanding every two-move step
 back into two one-move steps and asking the task's own verifier.
+
+--smoke: the same table from 2 of the demo's traces (tests/data/chain_demo_traces.jsonl), n = 4,
+for tests/test_benchmarks.py; explicit flags still win.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -23,6 +27,8 @@ from prefixrl.prefixes import calibrate, success_curve
 from prefixrl.tasks import load_task, problems_by_id
 from prefixrl.tasks.chain import move
 from prefixrl.traces import load_traces
+
+DEMO_TRACES = Path(__file__).resolve().parents[1] / "tests" / "data" / "chain_demo_traces.jsonl"
 
 FRACTIONS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 STEP = re.compile(r" ([LR]{1,2})(\d\d)/(\d+)")  # one move, or two ("LR45/14")
@@ -62,11 +68,16 @@ def main() -> None:
     parser.add_argument("--traces", default="runs/benchmark/traces/traces.jsonl")
     parser.add_argument("--model", default="builtin:chain")
     parser.add_argument("--n", type=int, default=64)
+    parser.add_argument("--limit", type=int, default=None, help="traces used (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(traces=str(DEMO_TRACES), n=4, limit=2)
+        args = parser.parse_args()
     torch.set_num_threads(1)
     task = ExpandingVerifier(load_task("chain"))
     problems = problems_by_id(task.task)
-    own = load_traces(args.traces)
+    own = load_traces(args.traces)[:args.limit]
     rewritten = [{**t, "completion": two_moves_per_step(t["completion"])} for t in own]
     for trace in rewritten:  # the rewrite keeps every trace correct
         assert task.verify(problems[trace["problem_id"]], trace["completion"]).reward == 1.0, trace["completion"]

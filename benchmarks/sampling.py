@@ -11,6 +11,9 @@ is shared: only ratios within one run mean anything). Prints samples/s, generate
 GFLOP/s (2·N·D, prompt tokens included), the share of the GEMM bound (the same 2·N FLOPs per
 token done as bare GEMMs of one decode step at this batch) and the ratios (target: fast >= 2x the
 bare loop).
+
+--smoke: every path at a test's size (2 problems x 8 samples, batch 16, 32 new tokens, one repeat),
+for tests/test_benchmarks.py; explicit flags still win.
 """
 
 from __future__ import annotations
@@ -98,7 +101,11 @@ def main():
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(problems=2, attempts=8, batch_size=16, max_new_tokens=32, repeats=1)
+        args = parser.parse_args()
 
     task = load_task(args.task)
     model, tokenizer = load_model(resolve_model(args.model), device="cpu")

@@ -9,6 +9,9 @@ compare both, as for most samples on a hard problem). In-process math-verify (no
 timeout) is the reference for the cost of the worker round trip. Adversarial answers: a power
 tower sympy never finishes evaluating, and a 1000-term polynomial that takes
 longer than the timeout to parse.
+
+--smoke: the same rows at a test's size (50 fast-path answers, 4 math-verify ones, 1 worker, a 1 s
+timeout), for tests/test_benchmarks.py; explicit flags still win.
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ def main():
     parser.add_argument("--n-slow", type=int, default=300, help="answers per math-verify measurement")
     parser.add_argument("--workers", type=int, default=2, help="workers for the batched math-verify row")
     parser.add_argument("--timeout", type=float, default=5.0, help="verify_timeout_s")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(n=50, n_slow=4, workers=1, timeout=1.0)
+        args = parser.parse_args()
 
     problems = load_task("math", train=args.train).problems("train")
     right = [(p, f"{REASONING}The answer is $\\boxed{{{p.answer}}}$.") for p in problems]
