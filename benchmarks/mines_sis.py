@@ -5,12 +5,17 @@ sampling (SIS) over safe walks (README, Tasks: `mines`).
     python benchmarks/mines_sis.py --traces builtin:mines runs/task-properties/mines   # traces for regime.py
     python benchmarks/mines_sis.py builtin:gambles '{}' out.json --task gambles        # the same for `gambles`
     python benchmarks/mines_sis.py --traces builtin:gambles runs/probe-gambles --task gambles --problems 32
+    python benchmarks/mines_sis.py builtin:mines '{}' out.json --smoke          # tiny: tests/test_benchmarks.py
 
 
 At each move, the model's distribution over the move letter is read; a safe move is drawn in
 proportion to it and the run's weight is multiplied by the safe moves' total probability; every
 other token (space, digits, counter, answer, <eos>) is forced and its probability multiplied in.
-The mean weight is the probability that one sample at temperature T is correct."""
+The mean weight is the probability that one sample at temperature T is correct.
+
+--smoke (either mode): 2 problems per split and 4 SIS runs each, 1 problem for the prefix curve;
+with --traces, 2 problems of 8 runs (unless --problems says otherwise).
+"""
 
 from __future__ import annotations
 
@@ -91,6 +96,9 @@ def main(argv):
     if "--task" in argv:
         i = argv.index("--task")
         task_name, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    smoke = "--smoke" in argv
+    argv = [a for a in argv if a != "--smoke"]
+    n_problems, runs, n_curve = (2, 4, 1) if smoke else (24, 16, 12)
     model_path = resolve_model(argv[1])
     task = load_task(task_name, **(json.loads(argv[2]) if len(argv) > 2 else {}))
     model, tok = load_model(model_path, device="cpu")
@@ -98,9 +106,9 @@ def main(argv):
     out = {}
     for split in ("easy", "train"):
         ps, masses, execs, sures = [], [], [], []
-        for p in task.problems(split)[:24]:
+        for p in task.problems(split)[:n_problems]:
             start, n = (int(x) for x in p.prompt.rstrip(":").split())
-            logw, sm, fr, _ = sis(model, tok, p.prompt, start, n, runs=16, task=task)
+            logw, sm, fr, _ = sis(model, tok, p.prompt, start, n, runs=runs, task=task)
             sures.append(np.mean(sis.sure_mass))
             ps.append(logw.exp().mean().item())
             masses.append(np.mean(sm))
@@ -118,13 +126,13 @@ def main(argv):
         print(split, out[split], f"{time.time() - t0:.0f}s", flush=True)
     # success vs prefix fraction, from safe walks drawn by SIS (stand-ins for rejection-sampled traces)
     curve = {}
-    for p in task.problems("train")[:12]:
+    for p in task.problems("train")[:n_curve]:
         start, n = (int(x) for x in p.prompt.rstrip(":").split())
         _, _, _, texts = sis(model, tok, p.prompt, start, n, runs=1, seed=7, task=task)
         ops = "".join(ch for ch in texts[0] if ch in "ABCD")
         for frac in (0.0, 0.25, 0.5, 0.75, 0.9):
             k = round(frac * n)
-            logw, *_ = sis(model, tok, p.prompt, start, n, done_ops=ops[:k], runs=16, task=task)
+            logw, *_ = sis(model, tok, p.prompt, start, n, done_ops=ops[:k], runs=runs, task=task)
             curve.setdefault(frac, []).append(logw.exp().mean().item())
     out["prefix_curve"] = {f: float(np.mean(v)) for f, v in curve.items()}
     print("success vs prefix (moves done fraction):", out["prefix_curve"], f"{time.time() - t0:.0f}s")
@@ -161,7 +169,9 @@ if __name__ == "__main__":
     if sys.argv[1] == "--traces":
         def flag(name, default):
             return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
-        write_traces(sys.argv[2], sys.argv[3], n_problems=int(flag("--problems", 16)), task_name=flag("--task", "mines"))
+        smoke = "--smoke" in sys.argv
+        write_traces(sys.argv[2], sys.argv[3], n_problems=int(flag("--problems", 2 if smoke else 16)),
+                     runs=8 if smoke else 64, task_name=flag("--task", "mines"))
     else:
         main(sys.argv)
 
