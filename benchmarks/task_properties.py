@@ -17,6 +17,10 @@ right and decides as its corpus does (sort: at random; chain: by the rule at rul
 moves, else at random): a ratio of about 1.0 means the base model executes reliably and knows
 no more of the rule than its corpus showed.
 Every stage resumes from --out, so a killed run continues.
+
+--smoke: every stage at a test's size, for tests/test_benchmarks.py: 4 easy problems x 4 samples,
+4 problems screened at n = 4 from the easy split (so that a few fail and have a trace within a cap
+of 32), 2 calibration traces x 2 samples, forced strategies on 2 problems x 4; explicit flags still win.
 """
 
 from __future__ import annotations
@@ -48,7 +52,12 @@ def main():
     parser.add_argument("--calibration-n", type=int, default=64)
     parser.add_argument("--out", default=None, help="default: runs/task-properties/TASK")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(problems=4, n=4, cap=32, calibration_traces=2, calibration_n=2)
+        args = parser.parse_args()
+    easy_n, screened_split, forced = (4, "easy", (2, 4)) if args.smoke else (64, "train", (16, 256))
 
     task = load_task(args.task)
     model_name = args.model or f"builtin:{args.task}"
@@ -57,12 +66,12 @@ def main():
     sampler = HFSampler(model, tokenizer, SamplingParams(temperature=1.0, max_new_tokens=128, batch_size=512))
     result = {"task": task.name, "model": model_name}
 
-    easy = task.problems("easy")
-    easy_rows = score_problems(task, sampler, easy, 64, out / "easy", quiet=args.quiet)
+    easy = task.problems("easy")[:4 if args.smoke else None]
+    easy_rows = score_problems(task, sampler, easy, easy_n, out / "easy", quiet=args.quiet)
     result["easy_pass@1"] = float(np.mean([r["correct"] / r["n"] for r in easy_rows]))
     result["easy_chance"] = float(np.mean([task.chance(p) for p in easy])) if hasattr(task, "chance") else None
 
-    problems = task.problems("train")[:args.problems]
+    problems = task.problems(screened_split)[:args.problems]
     hard = screen(task, sampler, problems, out / "screen", n=args.n, seed=1, quiet=args.quiet)
     rows = read_jsonl(out / "screen" / "scores.jsonl")
     result["hard_pass@1"] = float(np.mean([r["correct"] / r["n"] for r in rows]))
@@ -70,7 +79,8 @@ def main():
     result[f"share_pass@{args.n}=0"] = len(hard) / len(problems)
     result[f"mean_pass@{args.n}"] = float(np.mean([pass_at_k(r["n"], r["correct"], r["n"]) for r in rows]))
 
-    traces = collect(task, sampler, hard, out / "collect", CollectConfig(max_attempts=args.cap, attempts_per_round=256),
+    traces = collect(task, sampler, hard, out / "collect", CollectConfig(max_attempts=args.cap,
+                                                                           attempts_per_round=min(256, args.cap)),
                      source=model_name, quiet=args.quiet)
     summary = json.loads((out / "collect" / "collect.json").read_text())
     result["share_hard_with_trace"] = summary["share_solved"]
@@ -83,7 +93,7 @@ def main():
     result["continuations_from_50%_prefix"] = _distinct_continuations(
         task, sampler, tokenizer, traces[:args.calibration_traces], by_id, args.calibration_n)
     result["strategies_in_traces"] = _strategy_counts(task, traces)
-    result["forced_strategy_success"] = _forced_strategy_success(task, sampler, hard[:16])
+    result["forced_strategy_success"] = _forced_strategy_success(task, sampler, hard[:forced[0]], n=forced[1])
     if hasattr(task, "shortcuts"):
         for strategy, measure in task.shortcuts(problems).items():
             result[f"rule {strategy}: move strings"] = measure
