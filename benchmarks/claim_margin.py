@@ -11,6 +11,9 @@ follow the declared rule (`ChainTask.rule_share`, the per-decision skill that pa
 power of 16-18 moves). Prints one table per measure: rows are runs, columns checkpoints. Measured
 (README, issue 17): at 80 steps, 0.418-0.683 in 9 trajectories, so the unprefixed claim is left to
 this script and the test asserts the prefixed reward's rise, which held in all of them.
+
+--smoke: one run (seed 0, 1 thread) of 1 step of 4 problems x 4 samples, scored with 2 samples per
+problem, into --out: tests/test_benchmarks.py; explicit flags still win.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "tests" / "data" / "chain_demo_traces.jsonl"
 
 
-def train_one(out: Path, seed: int, threads: int, steps: int, lr: float, eval_n: int) -> dict:
+def train_one(out: Path, seed: int, threads: int, steps: int, lr: float, eval_n: int, smoke: bool = False) -> dict:
     """In this process (started with OMP_NUM_THREADS=threads): train, then score every checkpoint."""
     import torch
 
@@ -45,7 +48,8 @@ def train_one(out: Path, seed: int, threads: int, steps: int, lr: float, eval_n:
     path = resolve_model("builtin:chain")
     _, tokenizer = load_model(path, device="cpu")
     rows = prefixed_problems(tokenizer, traces, {p.id: p for p in problems}, PrefixConfig())
-    cfg = TrainConfig(steps=steps, problems_per_step=16, num_generations=8, lr=lr, max_completion_length=128,
+    cfg = TrainConfig(steps=steps, problems_per_step=4 if smoke else 16, num_generations=4 if smoke else 8, lr=lr,
+                      max_completion_length=128,
                       eval_every=0, save_every=10, seed=seed, progress_bar=False)
     train(task, path, rows, out, cfg)
     checkpoints = {0: path, **{int(c.name.split("-")[1]): c for c in out.glob("checkpoints/checkpoint-*")},
@@ -71,12 +75,16 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("runs/claim-margin"))
     parser.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)  # seed threads: the worker
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(seeds=[0], threads=[1], steps=1, eval_n=2)
+        args = parser.parse_args()
     if args.one:
         seed, threads = args.one
         run = args.out / f"lr{args.lr:g}-steps{args.steps}-seed{seed}-threads{threads}"
         if not (run / "scores.json").exists():
-            scores = train_one(run, seed, threads, args.steps, args.lr, args.eval_n)
+            scores = train_one(run, seed, threads, args.steps, args.lr, args.eval_n, args.smoke)
             (run / "scores.json").write_text(json.dumps(scores))
         return
     results = {}
@@ -84,7 +92,8 @@ def main() -> None:
         for threads in args.threads:  # a fresh process: the thread count is fixed before torch starts
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
             subprocess.run([sys.executable, __file__, "--one", str(seed), str(threads), "--steps", str(args.steps),
-                            "--lr", str(args.lr), "--eval-n", str(args.eval_n), "--out", str(args.out)],
+                            "--lr", str(args.lr), "--eval-n", str(args.eval_n), "--out", str(args.out)]
+                           + ["--smoke"] * args.smoke,
                            env=env, check=True, stdout=subprocess.DEVNULL)
             run = args.out / f"lr{args.lr:g}-steps{args.steps}-seed{seed}-threads{threads}"
             results[(seed, threads)] = json.loads((run / "scores.json").read_text())
