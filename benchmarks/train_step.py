@@ -15,6 +15,9 @@ order every other round (a load that drifts over the run then weighs on all alik
 trainer's times are averaged over its rounds: on a shared machine only ratios from one run mean
 anything. Then one mixed batch (prefixed and unprefixed rows) is updated --repeats times with and
 without split_grad_norms, alternately, and the median times printed.
+
+--smoke: each trainer for 2 steps (the first is the warm-up) of 4 problems x 4 samples of at most 64
+tokens, one round, one timed update: tests/test_benchmarks.py; explicit flags still win.
 """
 
 from __future__ import annotations
@@ -108,7 +111,11 @@ def main():
     parser.add_argument("--problems-per-step", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7, help="updates timed with and without the split")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
+    if args.smoke:
+        parser.set_defaults(steps=2, problems_per_step=4, rounds=1, repeats=1)
+        args = parser.parse_args()
 
     task = load_task(args.task)
     model_path = resolve_model(args.model)
@@ -117,7 +124,8 @@ def main():
     # prefixes of the base model's own samples stand in for traces: timing needs lengths, not correctness
     traces = [{"problem_id": p.id, "completion": c} for p, (_, c) in zip(task.problems("train"), task.corpus(64, seed=1))]
     rows = prefixed_problems(tokenizer, traces, problems, PrefixConfig())
-    cfg = TrainConfig(steps=args.steps, problems_per_step=args.problems_per_step, eval_every=0, save_every=10**6)
+    cfg = TrainConfig(steps=args.steps, problems_per_step=args.problems_per_step, eval_every=0, save_every=10**6,
+                      **(dict(num_generations=4, max_completion_length=64) if args.smoke else {}))
     trainers = {"GRPOTrainer (stock)": (GRPOTrainer, {}),
                 "PrefixRL, earlier path": (PrefixRLTrainer, dict(sampler="hf")),
                 "PrefixRL, defaults": (PrefixRLTrainer, {})}
