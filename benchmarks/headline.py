@@ -6,15 +6,36 @@ Runs `prefixrl experiment` (resumable: a killed run continues) and prints the he
 per split, each method's final unprefixed pass@1 (mean ± std over seeds), and PrefixRL's speedup
 and final-reward ratio against each baseline with 90% intervals over seeds. The paper's targets:
 speedup over sft-rl >= 2x, final training reward >= 3x rl's and >= 1.45x sft-rl's.
+
+--smoke: the config at a test's size (written to OUT/smoke.yaml): 4 easy problems screened at n = 4,
+prefixrl and rl, one seed, 2 steps of 4 problems x 4 samples: tests/test_benchmarks.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+
+import yaml
 
 from prefixrl.analysis import BOTH_AT_ZERO, ratio_text
 from prefixrl.experiment import run_experiment
+
+SMOKE = {"screen": {"problems": "easy", "limit": 4, "n": 4, "k": 4}, "methods": ["prefixrl", "rl"], "seeds": [0],
+         "collect": {"max_attempts": 64, "attempts_per_round": 64}, "workers": 1, "heldout": 2,
+         "budget_flops": 1e15, "train": {"steps": 2, "problems_per_step": 4, "num_generations": 4,
+                                         "max_completion_length": 96, "eval_every": 2, "eval_n": 2},
+         "calibration_traces": 1, "calibration_n": 2}
+
+
+def smoke_config(config: str, out: str) -> str:
+    """The config with SMOKE's sizes over its own, written into out."""
+    cfg = yaml.safe_load(Path(config).read_text())
+    cfg.update({k: {**cfg.get(k, {}), **v} if isinstance(v, dict) else v for k, v in SMOKE.items()})
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "smoke.yaml").write_text(yaml.safe_dump(cfg))
+    return str(Path(out) / "smoke.yaml")
 
 
 def _x(value, interval, none: str = "not reached") -> str:
@@ -26,9 +47,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/benchmark.yaml")
     parser.add_argument("--out", default="runs/benchmark")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
     start = time.time()
-    summary = run_experiment(args.config, args.out)
+    summary = run_experiment(smoke_config(args.config, args.out) if args.smoke else args.config, args.out)
     method = summary["method"]
     for split, numbers in summary["headline"].items():
         ours = numbers["final"][method]
