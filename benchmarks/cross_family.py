@@ -18,6 +18,11 @@ run, compare them. Prints, per run, unprefixed pass@1 on its training problems a
 ones, the mean prefixed reward, and the share of held-out answers declaring Q; writes out/README.md
 with that table and out/heldout.png (held-out pass@1 over training). The paper: cross-family
 traces still help, long cross-family prefixes less.
+
+--smoke: the same stages at a test's size, for tests/test_benchmarks.py: 4 easy problems screened
+at n = 4 (traces within 64 attempts), the four runs of 1 step of 4 problems x 4 samples, 2 held-out
+problems evaluated with 2 samples at the start and end; the runs one after another in this process
+(not two worker processes).
 """
 
 from __future__ import annotations
@@ -69,9 +74,15 @@ def main() -> None:
     parser.add_argument("--own-data", default=None, help="a run folder whose data stages to reuse (default: OUT/own)")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--out", default="runs/cross-family")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
     out, console = Path(args.out), Console()
     cfg = ExperimentConfig.from_yaml(args.config)
+    if args.smoke:
+        args.steps = 1
+        cfg = replace(cfg, screen=replace(cfg.screen, problems="easy", limit=4, n=4, k=4), heldout=2,
+                      collect=replace(cfg.collect, max_attempts=64, attempts_per_round=64),
+                      train=replace(cfg.train, problems_per_step=4, num_generations=4, eval_every=1, eval_n=2))
 
     own = prepare_data(cfg, Path(args.own_data or out / "own"), console)
     other = prepare_data(replace(cfg, trace_model=args.trace_model), out / "other", console)
@@ -86,12 +97,17 @@ def main() -> None:
             rows = prefixed_problems(own.sampler.tokenizer, data.traces, {p.id: p for p in data.hard},
                                      replace(prefix_cfg, low=low, high=high))
             jobs[f"{source}-{length}"] = (rows, data.traces, {"hard": data.solved, "heldout": heldout})
-    console.rule(f"train: {len(jobs)} PrefixRL runs of {args.steps} steps, two at a time")
-    with ProcessPoolExecutor(2, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(1, os.getpid())) as pool:
-        for future in [pool.submit(train_one, name, own.task, own.model_path, rows, traces, evals, train_cfg, out)
-                       for name, (rows, traces, evals) in jobs.items()]:
-            console.print(f"done: {future.result()}")
+    if args.smoke:  # one after another in this process: starting two workers would triple the smoke's time
+        console.rule(f"train: {len(jobs)} PrefixRL runs of {args.steps} steps, in this process")
+        for name, (rows, traces, evals) in jobs.items():
+            console.print(f"done: {train_one(name, own.task, own.model_path, rows, traces, evals, train_cfg, out)}")
+    else:
+        console.rule(f"train: {len(jobs)} PrefixRL runs of {args.steps} steps, two at a time")
+        with ProcessPoolExecutor(2, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(1, os.getpid())) as pool:
+            for future in [pool.submit(train_one, name, own.task, own.model_path, rows, traces, evals, train_cfg, out)
+                           for name, (rows, traces, evals) in jobs.items()]:
+                console.print(f"done: {future.result()}")
 
     results = {name: summarize(out / name) for name in jobs}
     q_share = {source: np.mean([strategy_of(own.task, t["completion"]) == "carry" for t in data.traces])
