@@ -57,7 +57,7 @@ def main():
     if args.smoke:
         parser.set_defaults(problems=4, n=4, cap=32, calibration_traces=2, calibration_n=2)
         args = parser.parse_args()
-    easy_n, screened_split, forced = (4, "easy", (2, 4)) if args.smoke else (64, "train", (16, 256))
+    easy_n, split, per_round, forced = (4, "easy", 32, (2, 4)) if args.smoke else (64, "train", 256, (16, 256))
 
     task = load_task(args.task)
     model_name = args.model or f"builtin:{args.task}"
@@ -71,7 +71,7 @@ def main():
     result["easy_pass@1"] = float(np.mean([r["correct"] / r["n"] for r in easy_rows]))
     result["easy_chance"] = float(np.mean([task.chance(p) for p in easy])) if hasattr(task, "chance") else None
 
-    problems = task.problems(screened_split)[:args.problems]
+    problems = task.problems(split)[:args.problems]
     hard = screen(task, sampler, problems, out / "screen", n=args.n, seed=1, quiet=args.quiet)
     rows = read_jsonl(out / "screen" / "scores.jsonl")
     result["hard_pass@1"] = float(np.mean([r["correct"] / r["n"] for r in rows]))
@@ -80,7 +80,7 @@ def main():
     result[f"mean_pass@{args.n}"] = float(np.mean([pass_at_k(r["n"], r["correct"], r["n"]) for r in rows]))
 
     traces = collect(task, sampler, hard, out / "collect", CollectConfig(max_attempts=args.cap,
-                                                                           attempts_per_round=min(256, args.cap)),
+                                                                           attempts_per_round=per_round),
                      source=model_name, quiet=args.quiet)
     summary = json.loads((out / "collect" / "collect.json").read_text())
     result["share_hard_with_trace"] = summary["share_solved"]
