@@ -1,12 +1,36 @@
 """Benchmark scripts in their --smoke mode: a rename in the library cannot break them silently."""
 
+import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+# every script's --smoke run (each ~5-15 s on one core), from the repository root as the scripts are
+# documented: its arguments ({out}: a fresh folder under tmp_path; nothing is written elsewhere), a line
+# of the table it prints, and a file it writes under {out} (None: the printed table is the check)
+SMOKE = {
+    "claim_margin.py": (["--out", "{out}"], "| seed | threads | step 0 | step 1 |",
+                        "lr0.0002-steps1-seed0-threads1/scores.json"),
+    "cross_family.py": (["--out", "{out}"], "| traces | prefixes | own training problems: pass@1 |", "README.md"),
+    "headline.py": (["--out", "{out}"], "| baseline | final pass@1 | speedup [90%] | final ratio [90%] |",
+                    "report/README.md"),
+    "mines_sis.py": (["builtin:mines", "{}", "{out}/sis.json"], "success vs prefix (moves done fraction):", "sis.json"),
+    "mines_sis.py --traces": (["--traces", "builtin:mines", "{out}"], "", "collect/traces.jsonl"),
+    "notation.py": ([], "| traces | 0% | 20% |", None),
+    "regime.py": (["--out", "{out}"], "| method | hard pass@1 (start -> end) | held-out pass@1 |",
+                  "prefixrl/eval.jsonl"),
+    "sampling.py": ([], "fast loop's samples identical to model.generate's", None),
+    "task_properties.py": (["--quiet", "--out", "{out}"], "| property | sort |", "properties.json"),
+    "train_step.py": ([], "| trainer                  |  s/step |", None),
+    "verify.py": ([], "adversarial answer (timeout 1 s)", None),
+}
+ELSEWHERE = {"gpu_check.py": "the tests below", "regime_table.py": "tests/test_experiment.py"}
 
 
 def run_script(name: str, *argv: str, monkeypatch) -> None:
@@ -24,3 +48,24 @@ def test_gpu_check_refuses_to_run_without_a_gpu_unless_smoke(tmp_path, monkeypat
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(SystemExit, match="no CUDA device"):
         run_script("gpu_check.py", "--out", str(tmp_path), monkeypatch=monkeypatch)
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    scripts = {path.name for path in BENCHMARKS.glob("*.py")}
+    assert scripts == {name.split()[0] for name in SMOKE} | set(ELSEWHERE)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_benchmark_smoke_runs_and_prints_its_table(name, tmp_path):
+    args, table, written = SMOKE[name]
+    out = tmp_path / "out"
+    out.mkdir()
+    script, *mode = name.split()
+    argv = [a.format(out=out) if a != "{}" else a for a in args] + ["--smoke"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *argv], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert table in result.stdout
+    assert written is None or (out / written).exists()
