@@ -311,7 +311,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("name", ["benchmark-chain", "diagnostics", "adaptive"])
+@pytest.mark.parametrize("name", ["benchmark", "diagnostics", "adaptive"])
 def test_the_shipped_experiment_configs_build(name):
     """Every shipped experiment config is read as written (a key the builder does not know, or a
     method it does not have, is an error), and they share the headline's data and settings."""
@@ -319,7 +319,7 @@ def test_the_shipped_experiment_configs_build(name):
     from prefixrl.methods import METHODS
 
     cfg, headline = ExperimentConfig.from_yaml(f"configs/{name}.yaml"), ExperimentConfig.from_yaml(
-        "configs/benchmark-chain.yaml")
+        "configs/benchmark.yaml")
     assert set(cfg.methods) <= set(METHODS) and "prefixrl" in cfg.methods
     assert (cfg.screen, cfg.collect, cfg.prefixes, cfg.train, cfg.sft, cfg.budget_flops) == \
         (headline.screen, headline.collect, headline.prefixes, headline.train, headline.sft, headline.budget_flops)

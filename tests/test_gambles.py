@@ -121,3 +121,16 @@ def test_builtin_gambles_implies_its_task():
 
     assert builtin_task("builtin:gambles") == "gambles" and builtin_task("builtin:mines") == "mines"
     assert builtin_task("builtin:chain-q") == "chain" and builtin_task("runs/some-model") is None
+
+
+def test_the_gambles_headline_config_builds_at_honest_scale():
+    """configs/benchmark-gambles.yaml is read as written, with room for >= 64 hard training problems
+    with traces (its screened pool) and 64 held-out ones, disjoint."""
+    from prefixrl.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.from_yaml("configs/benchmark-gambles.yaml")
+    task = load_task(cfg.task, **cfg.task_args)
+    train, heldout = task.problems("train"), task.problems("heldout")
+    assert cfg.task == "gambles" and len(cfg.seeds) == 3 and cfg.sft.sweep_lr
+    assert len(train) >= cfg.screen.limit >= 128 and len(heldout) == cfg.heldout == 64
+    assert not {p.id for p in train} & {p.id for p in heldout}
