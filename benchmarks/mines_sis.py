@@ -28,7 +28,7 @@ import torch
 
 from prefixrl.models import encode_prompt, load_model, resolve_model
 from prefixrl.tasks import load_task
-from prefixrl.tasks.gambles import SURE, survives
+from prefixrl.tasks.gambles import SURE
 from prefixrl.tasks.mines import MOVES, move, safe
 
 
@@ -37,12 +37,8 @@ def sis(model, tok, prompt, start, n_moves, done_ops="", runs=64, temperature=1.
     """Per-run log weights, safe-mass per step and forced-token logprob per step, from the state
     after `done_ops` (a prefix of moves, given as context). A move is safe by `mines`' window, or
     for a `gambles` task by its survival at that index (the sure move, or a lucky gamble)."""
-    if task is not None and task.name == "gambles":
-        def ok_at(index, a, b, op):
-            return survives(prompt, index, a, b, op)
-    else:
-        def ok_at(index, a, b, op):
-            return safe(a, b, op)
+    def ok_at(index, a, b, op):  # the task's own verdict on one move (mines' window by default)
+        return task.survives(prompt, index, a, b, op) if task is not None else safe(a, b, op)
     g = torch.Generator().manual_seed(seed)
     ids_of = {c: tok.convert_tokens_to_ids(c) for c in "0123456789ABCD /=."}
     move_ids = torch.tensor([ids_of[op] for op in MOVES])

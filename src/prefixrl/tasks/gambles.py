@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import zlib
 
-from prefixrl.tasks import Problem, Verdict
-from prefixrl.tasks.mines import _MOVE, _SOLUTION, MOVES, MinesTask, move, safe
+from prefixrl.tasks import Problem
+from prefixrl.tasks.mines import MOVES, MinesTask, move, safe
 
 
 def _sure(a: int, b: int) -> str:
@@ -65,25 +65,9 @@ class GamblesTask(MinesTask):
         with probability `sure` (a gamble otherwise, which survives half the time)."""
         return (sure + (1 - sure) / 2) ** problem.difficulty
 
-    def verify(self, problem: Problem, solution: str) -> Verdict:
-        """Correct iff every move survives, every written pair and count is right, the walk has
-        exactly the problem's number of moves, and the stated answer is the final pair."""
-        try:
-            start, n_moves = (int(x) for x in problem.prompt.rstrip(":").split())
-        except ValueError:
-            return Verdict(0.0, None)
-        match = _SOLUTION.fullmatch(solution.rstrip())
-        if match is None:
-            return Verdict(0.0, None)
-        moves, answer = match.groups()
-        (a, b), left = divmod(start, 10), n_moves
-        for index, (op, x, y, written_left) in enumerate(_MOVE.findall(moves)):
-            if left == 0 or not survives(problem.prompt, index, a, b, op):
-                return Verdict(0.0, answer)
-            (a, b), left = move(a, b, op), left - 1
-            if (int(x), int(y)) != (a, b) or int(written_left) != left:
-                return Verdict(0.0, answer)
-        return Verdict(float(left == 0 and answer == f"{a}{b}"), answer)
+    def survives(self, prompt: str, index: int, a: int, b: int, op: str) -> bool:
+        """mines' verdict with this rule: every move must survive (the sure one, or a lucky gamble)."""
+        return survives(prompt, index, a, b, op)
 
     def shortcuts(self, problems: list[Problem]) -> dict[str, dict[str, float]]:
         """Share of the sure moves that each letter is: a letter sure far more often than 1/4 would

@@ -129,13 +129,18 @@ class MinesTask:
             return Verdict(0.0, None)
         moves, answer = match.groups()
         (a, b), left = divmod(start, 10), n_moves
-        for op, x, y, written_left in _MOVE.findall(moves):
-            if left == 0 or not safe(a, b, op):
+        for index, (op, x, y, written_left) in enumerate(_MOVE.findall(moves)):
+            if left == 0 or not self.survives(problem.prompt, index, a, b, op):
                 return Verdict(0.0, answer)
             (a, b), left = move(a, b, op), left - 1
             if (int(x), int(y)) != (a, b) or int(written_left) != left:
                 return Verdict(0.0, answer)
         return Verdict(float(left == 0 and answer == f"{a}{b}"), answer)
+
+    def survives(self, prompt: str, index: int, a: int, b: int, op: str) -> bool:
+        """Whether move `op`, the walk's move number `index`, from pair (a, b) is safe (the verdict's
+        one rule; `gambles` replaces it)."""
+        return safe(a, b, op)
 
     def shortcuts(self, problems: list[Problem]) -> dict[str, dict[str, float]]:
         """Share of problems that a move pattern blind to the pairs would solve: a constant move,
