@@ -1,7 +1,9 @@
 """Sampling throughput on CPU: the fast decode loop (generate_fast.FastSampler) against transformers'
 `model.generate` (HFSampler) and against a bare decode loop over the transformers forward with its
-DynamicCache, same model, prompts, batch, lengths and seeds, in one process; plus `collect` on the
-fast sampler (scoring and round logs included) and the GEMM bound at the model's shapes.
+DynamicCache, same model, prompts, batch, lengths and seeds, in one process; the fast loop with early
+rejection (the task's `dead_end` stops a sample once no continuation can be correct: the same
+correct samples, fewer tokens); `collect` on the fast sampler (early rejection, scoring and round
+logs included); and the GEMM bound at the model's shapes.
 
     python benchmarks/sampling.py [--model builtin:chain] [--task chain] [--problems 8] [--attempts 256]
 
@@ -31,7 +33,7 @@ from transformers import DynamicCache
 from prefixrl.generate import HFSampler, SamplingParams
 from prefixrl.generate_fast import Decoder, FastSampler
 from prefixrl.models import encode_prompt, load_model, resolve_model
-from prefixrl.tasks import load_task
+from prefixrl.tasks import dead_end_of, load_task
 from prefixrl.traces import CollectConfig, collect
 
 
@@ -123,13 +125,14 @@ def main():
 
     kept = {}  # each sampler's samples: the same seeds, so the same samples up to float-rounding ties
 
-    def sampled(name, sampler):
-        kept[name] = sampler.generate(prompts, args.attempts, seed=0)
+    def sampled(name, sampler, dead_end=None):
+        kept[name] = sampler.generate(prompts, args.attempts, seed=0, dead_end=dead_end)
         return counts(kept[name])
 
     paths = {"model.generate": lambda: sampled("hf", hf),
              "bare HF loop": lambda: bare_loop(model, tokenizer, prompts, args.attempts, params, seed=0),
              "fast loop": lambda: sampled("fast", fast),
+             "fast, early stop": lambda: sampled("early", fast, dead_end_of(task, problems)),
              "collect (fast)": run_collect}
     fast.generate(prompts[:1], 8, seed=0), hf.generate(prompts[:1], 8, seed=0)  # warm-up
     best = {name: (float("inf"), None) for name in paths}
@@ -144,18 +147,23 @@ def main():
     print(f"\nmodel {args.model} ({n / 1e6:.2f} M params), {len(problems)} problems x {args.attempts} samples, "
           f"batch {args.batch_size}, max {args.max_new_tokens} new tokens, {torch.get_num_threads()} threads, "
           f"best of {args.repeats}\n")
-    print(f"| {'path':15} | {'samples/s':>10} | {'gen tok/s':>10} | {'GFLOP/s':>8} | {'of GEMM bound':>13} |")
-    print(f"|{'-' * 17}|{'-' * 12}|{'-' * 12}|{'-' * 10}|{'-' * 15}|")
+    print(f"| {'path':16} | {'samples/s':>10} | {'gen tok/s':>10} | {'GFLOP/s':>8} | {'of GEMM bound':>13} |")
+    print(f"|{'-' * 18}|{'-' * 12}|{'-' * 12}|{'-' * 10}|{'-' * 15}|")
     rate = {}
     for name, (secs, (samples, generated, read)) in best.items():
         flops_per_s = 2 * n * (generated + read) / secs
         rate[name] = samples / secs
-        print(f"| {name:15} | {samples / secs:10,.0f} | {generated / secs:10,.0f} | {flops_per_s / 1e9:8.2f} | "
+        print(f"| {name:16} | {samples / secs:10,.0f} | {generated / secs:10,.0f} | {flops_per_s / 1e9:8.2f} | "
               f"{flops_per_s / bound:13.0%} |")
     print(f"\nGEMM bound at batch {args.batch_size}: {bound / 1e9:.1f} GFLOP/s")
     print(f"fast / bare HF loop (samples/s): {rate['fast loop'] / rate['bare HF loop']:.2f}  (target >= 2)")
     print(f"fast / model.generate (samples/s): {rate['fast loop'] / rate['model.generate']:.2f}")
-    print(f"collect (fast) / fast loop (samples/s): {rate['collect (fast)'] / rate['fast loop']:.2f}")
+    print(f"fast with early stop / fast loop (samples/s): {rate['fast, early stop'] / rate['fast loop']:.2f}  "
+          f"(the task's dead_end: the same correct samples, fewer tokens)")
+    print(f"collect (fast, early stop) / fast loop (samples/s): {rate['collect (fast)'] / rate['fast loop']:.2f}")
+    correct = {name: sum(task.verify(p, s.text).reward for p, group in zip(problems, kept[name]) for s in group)
+               for name in ("fast", "early")}
+    print(f"correct samples, fast loop / with early stop: {correct['fast']:.0f} / {correct['early']:.0f}")
     pairs = [(a.token_ids, b.token_ids) for ga, gb in zip(kept["hf"], kept["fast"]) for a, b in zip(ga, gb)]
     print(f"fast loop's samples identical to model.generate's (same seeds): {sum(a == b for a, b in pairs)} "
           f"of {len(pairs)}")

@@ -74,7 +74,7 @@ class FakeSortSampler:
         self.tokenizer = char_tokenizer()  # a base model's: the stages' prompts are the problems
         self.calls: list[tuple[list[str], int, int]] = []
 
-    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, seed: int, dead_end=None) -> list[list[Sample]]:
         if self.interrupt_on is not None and len(self.calls) + 1 == self.interrupt_on:
             raise KeyboardInterrupt
         self.calls.append((list(prompts), n, seed))

@@ -183,7 +183,7 @@ class Solver:
         self.answers = {render_prompt(tok, p.prompt): solve_sort(p.prompt) for p in problems}
         self.prompts = []
 
-    def generate(self, prompts, n, seed):
+    def generate(self, prompts, n, seed, dead_end=None):
         self.prompts += prompts
         return [[Sample(text=self.answers.get(p, ""), token_ids=[1], prompt_tokens=1, logprobs=[0.0])] * n
                 for p in prompts]
@@ -263,7 +263,7 @@ def test_the_limit_defaults_to_the_context_window_less_the_completion():
 class Stops:
     params, n_params = SamplingParams(max_new_tokens=4), 10
 
-    def generate(self, prompts, n, seed):
+    def generate(self, prompts, n, seed, dead_end=None):
         return [[Sample(text="", token_ids=[0], prompt_tokens=1)] * n for _ in prompts]
 
 

@@ -326,7 +326,7 @@ class FakeMathSampler:
         self.answers = {p.prompt: (p.id, p.answer) for p in task.problems("train")}
         self.solves = solves
 
-    def generate(self, prompts, n, seed):
+    def generate(self, prompts, n, seed, dead_end=None):
         from prefixrl.generate import Sample
 
         def text(prompt, j):

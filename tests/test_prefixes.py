@@ -193,7 +193,7 @@ class Counting:
     def __init__(self, sampler):
         self.sampler, self.params, self.n_params, self.calls = sampler, sampler.params, sampler.n_params, []
 
-    def generate(self, prompts, n, seed):
+    def generate(self, prompts, n, seed, dead_end=None):
         self.calls.append((list(prompts), n, seed))
         return self.sampler.generate(prompts, n, seed)
 
@@ -203,7 +203,7 @@ class Stops:
 
     params, n_params = SamplingParams(max_new_tokens=8), 10
 
-    def generate(self, prompts, n, seed):
+    def generate(self, prompts, n, seed, dead_end=None):
         return [[Sample(text="", token_ids=[TOK.eos_token_id], prompt_tokens=len(p)) for _ in range(n)]
                 for p in prompts]
 

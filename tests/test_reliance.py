@@ -20,7 +20,7 @@ class ContinuingSampler:
     def __init__(self, right, good):
         self.right, self.good, self.params, self.calls = right, good, SamplingParams(batch_size=4), []
 
-    def generate(self, prompts, n, seed):
+    def generate(self, prompts, n, seed, dead_end=None):
         self.calls.append(len(prompts))
         return [[Sample(text=self.right[p] if j < self.good.get(p, 0) else " 9:999999/0 =000000.", token_ids=[1],
                         prompt_tokens=1) for j in range(n)] for p in prompts]

@@ -104,7 +104,7 @@ class ScriptedSampler:
         self.solves, self.params, self.n_params = set(solves), SamplingParams(batch_size=64), 1000
         self.tokenizer = char_tokenizer()
 
-    def generate(self, prompts, n, seed):
+    def generate(self, prompts, n, seed, dead_end=None):
         def text(prompt, j):
             pid, answer = self.answers[prompt]
             return f"<answer>{answer}</answer>" if pid in self.solves and j == n - 1 else "<answer>-999</answer>"

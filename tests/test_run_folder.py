@@ -160,7 +160,7 @@ def test_a_second_collect_on_one_folder_is_refused(sort_task, problems, tmp_path
     outcome = {}
 
     class SecondCollectMidRun(FakeSortSampler):
-        def generate(self, prompts, n, seed):
+        def generate(self, prompts, n, seed, dead_end=None):
             if not outcome:  # a second collect starts while the first is sampling
                 thread = threading.Thread(target=self._second)
                 thread.start()

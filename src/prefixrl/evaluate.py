@@ -20,7 +20,7 @@ from prefixrl.flops import FlopsLedger
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import run_folder, sampling_identity, write_manifest
-from prefixrl.tasks import Problem, Task, strategy_of, task_args, verify_all
+from prefixrl.tasks import Problem, Task, dead_end_of, strategy_of, task_args, verify_all
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -53,7 +53,8 @@ def score_problems(task: Task, sampler: Sampler, problems: list[Problem], n: int
             t0 = time.time()
             group = todo[start:start + per_call]
             prompts = [render_prompt(sampler.tokenizer, p.prompt) for p in group]
-            samples = sampler.generate(prompts, n, seed=stable_seed(seed, group[0].id))
+            # a sample that can no longer be correct stops early: the same counts, less compute
+            samples = sampler.generate(prompts, n, seed=stable_seed(seed, group[0].id), dead_end=dead_end_of(task, group))
             for problem, problem_samples in zip(group, samples):
                 log.append(_score_row(task, problem, problem_samples, n))
             rate = len(group) * n / max(time.time() - t0, 1e-9)

@@ -40,8 +40,10 @@ class Sampler(Protocol):
     params: SamplingParams
     tokenizer: object  # the policy's: stages render prompts with its chat template (prefixes.render_prompt)
 
-    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
-        """n samples for each rendered prompt, as a list (one entry per prompt) of n Samples."""
+    def generate(self, prompts: list[str], n: int, seed: int, dead_end=None) -> list[list[Sample]]:
+        """n samples for each rendered prompt, as a list (one entry per prompt) of n Samples.
+        dead_end(prompt index, text so far) -> bool, optional: a sampler may stop a sample early once
+        it is True (no continuation can be correct; `tasks.dead_end_of`). Only FastSampler does."""
 
 
 class HFSampler:
@@ -53,7 +55,8 @@ class HFSampler:
         self.n_params = n_params(model)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, seed: int, dead_end=None) -> list[list[Sample]]:
+        """dead_end is not used: transformers' generate computes every row to the end anyway."""
         flat = [p for p in prompts for _ in range(n)]
         out: list[Sample] = []
         for start in range(0, len(flat), self.params.batch_size):

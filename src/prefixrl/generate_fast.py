@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefixrl.generate import Sample, SamplingParams, _length_until_eos
+from prefixrl.generate import Sample, SamplingParams
 from prefixrl.models import encode_prompt, n_params
 
 SUPPORTED_TYPES = ("llama", "qwen2", "qwen3")
@@ -226,21 +226,31 @@ def _top_p(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
 
 
+CHECK_EVERY = 8  # generated tokens between two early-rejection checks (a check decodes every live row)
+
+
 @torch.inference_mode()
 def sample(decoder: Decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
-           eos_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+           eos_ids: list[int], pad_id: int, dead_end=None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Sample continuations of left-padded prompts as transformers' generate() does (temperature,
     then top-p, then one multinomial draw per step over the whole batch from the global RNG; rows
     that ended are given `pad_id`), until every row has an <eos> or max_new_tokens. Returns the
-    generated ids [B, T] and each token's log-prob under the temperature-scaled distribution [B, T].
+    generated ids [B, T], each token's log-prob under the temperature-scaled distribution [B, T], and
+    each row's length (its <eos> included, or where it stopped).
+
+    Early rejection: `dead_end(rows, ids)` (optional) is asked every CHECK_EVERY tokens about the
+    rows still running, with their tokens so far; a row it answers True for stops there, as an ended
+    one does. Only for samples that are scored, never trained on: the task promises no continuation
+    of a dead end is correct (Task.dead_end), so a stopped row loses nothing but compute.
 
     Rows that ended leave the decoder once they are a quarter of its rows, and their logits are
     zeros from then on: the draw still covers the whole batch, so it consumes the RNG as generate()'s
     does (multinomial's exponential noise is drawn for every entry, whatever the values) and every
-    live row gets the token generate() would give it."""
+    live row gets the token generate() would give it, whichever rows stopped early."""
     logits = decoder.start(input_ids, attention_mask)
     eos = torch.tensor(eos_ids, device=logits.device)
     finished = torch.zeros(len(input_ids), dtype=torch.bool, device=logits.device)
+    lengths = [0] * len(input_ids)
     live = torch.arange(len(input_ids), device=logits.device)  # the batch rows the decoder computes
     tokens, logprobs = [], []
     for step in range(params.max_new_tokens):
@@ -250,7 +260,12 @@ def sample(decoder: Decoder, input_ids: torch.Tensor, attention_mask: torch.Tens
         chosen = torch.multinomial(scores.softmax(-1), 1).squeeze(1).masked_fill(finished, pad_id)
         tokens.append(chosen)
         logprobs.append(scores.log_softmax(-1).gather(1, chosen[:, None]).squeeze(1))
+        running = ~finished
         finished |= torch.isin(chosen, eos)
+        if dead_end is not None and (step + 1) % CHECK_EVERY == 0:
+            _reject(dead_end, finished, tokens)
+        for row in (running & finished).nonzero().squeeze(1).tolist():
+            lengths[row] = step + 1
         if finished.all() or step == params.max_new_tokens - 1:
             break
         if 4 * finished[live].sum() >= len(live):
@@ -260,7 +275,17 @@ def sample(decoder: Decoder, input_ids: torch.Tensor, attention_mask: torch.Tens
         logits = decoder.step(chosen[live])
         if len(live) < len(finished):
             logits = logits.new_zeros(len(finished), logits.shape[1]).index_copy_(0, live, logits)
-    return torch.stack(tokens, 1), torch.stack(logprobs, 1)
+    lengths = [n or len(tokens) for n in lengths]  # rows that never ended ran to the last step
+    return torch.stack(tokens, 1), torch.stack(logprobs, 1), lengths
+
+
+def _reject(dead_end, finished: torch.Tensor, tokens: list[torch.Tensor]) -> None:
+    """Mark as finished the running rows that `dead_end` says can no longer be correct."""
+    rows = (~finished).nonzero().squeeze(1)
+    if len(rows):
+        ids = torch.stack(tokens, 1)[rows].tolist()
+        stop = torch.tensor(dead_end(rows.tolist(), ids), dtype=torch.bool)
+        finished[rows[stop]] = True
 
 
 class FastSampler:
@@ -273,25 +298,36 @@ class FastSampler:
         self.n_params = n_params(model)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, seed: int, dead_end=None) -> list[list[Sample]]:
+        """n samples per prompt (the Sampler protocol). dead_end(prompt index, text so far) -> True
+        stops a sample early once it can no longer be correct (early rejection; see `sample`)."""
         decoder = Decoder(self.model)  # this call's weights: training changes them between calls
-        flat = [p for p in prompts for _ in range(n)]
+        flat = [i for i in range(len(prompts)) for _ in range(n)]
         out: list[Sample] = []
         for start in range(0, len(flat), self.params.batch_size):
-            out.extend(self._generate_batch(decoder, flat[start:start + self.params.batch_size], seed + start))
+            rows = flat[start:start + self.params.batch_size]
+            out.extend(self._generate_batch(decoder, [prompts[i] for i in rows], seed + start,
+                                            self._rejecter(dead_end, rows)))
         return [out[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_batch(self, decoder: Decoder, prompts: list[str], seed: int) -> list[Sample]:
+    def _rejecter(self, dead_end, prompt_of_row: list[int]):
+        """`sample`'s dead_end over token ids, from the caller's over (prompt index, text)."""
+        if dead_end is None:
+            return None
+        decode = self.tokenizer.decode
+        return lambda rows, ids: [dead_end(prompt_of_row[r], decode(t, skip_special_tokens=True))
+                                  for r, t in zip(rows, ids)]
+
+    def _generate_batch(self, decoder: Decoder, prompts: list[str], seed: int, dead_end=None) -> list[Sample]:
         tok = self.tokenizer
         enc = tok.pad({"input_ids": [encode_prompt(tok, text) for text in prompts]},
                       padding_side="left", return_tensors="pt").to(self.model.device)
         torch.manual_seed(seed)
-        new_tokens, logprobs = sample(decoder, enc["input_ids"], enc["attention_mask"], self.params,
-                                      [tok.eos_token_id], tok.pad_token_id)
+        new_tokens, logprobs, lengths = sample(decoder, enc["input_ids"], enc["attention_mask"], self.params,
+                                               [tok.eos_token_id], tok.pad_token_id, dead_end)
         samples = []
-        for row, n_prompt, row_logprobs in zip(new_tokens.tolist(), enc["attention_mask"].sum(1).tolist(),
-                                               logprobs.tolist()):
-            length = _length_until_eos(row, tok.eos_token_id)
+        for row, n_prompt, row_logprobs, length in zip(new_tokens.tolist(), enc["attention_mask"].sum(1).tolist(),
+                                                       logprobs.tolist(), lengths):
             ids = row[:length]
             samples.append(Sample(text=tok.decode(ids, skip_special_tokens=True), token_ids=ids,
                                   prompt_tokens=n_prompt, logprobs=row_logprobs[:length]))
@@ -311,9 +347,5 @@ def rollout_ids(model, prompt_ids: list[list[int]], params: SamplingParams, eos_
     for i, r in enumerate(rows):  # left padding, as TRL pads
         input_ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
     device = model.device
-    tokens, _ = sample(Decoder(model), input_ids.to(device), mask.to(device), params, eos_ids, pad_id)
-    out = []
-    for row in tokens.tolist():
-        ends = [j for j, t in enumerate(row) if t in eos_ids]
-        out.append(row[:ends[0] + 1] if ends else row)
-    return out
+    tokens, _, lengths = sample(Decoder(model), input_ids.to(device), mask.to(device), params, eos_ids, pad_id)
+    return [row[:length] for row, length in zip(tokens.tolist(), lengths)]

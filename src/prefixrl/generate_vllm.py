@@ -37,7 +37,7 @@ class VLLMSampler:
         self.n_params = count_params_from_config(model_path)
         self._vllm = vllm
 
-    def generate(self, prompts: list[str], n: int, seed: int) -> list[list[Sample]]:
+    def generate(self, prompts: list[str], n: int, seed: int, dead_end=None) -> list[list[Sample]]:
         p = self.params
         sampling = self._vllm.SamplingParams(n=n, temperature=p.temperature, top_p=p.top_p,
                                              max_tokens=p.max_new_tokens, seed=seed, logprobs=0)

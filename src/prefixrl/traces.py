@@ -23,7 +23,7 @@ from prefixrl.flops import FlopsLedger, inference_flops
 from prefixrl.generate import Sampler, stable_seed
 from prefixrl.prefixes import render_prompt
 from prefixrl.runinfo import run_folder, sampling_identity, write_manifest
-from prefixrl.tasks import Problem, Task, problems_by_id, task_args, verify_all
+from prefixrl.tasks import Problem, Task, dead_end_of, problems_by_id, task_args, verify_all
 
 
 @dataclass
@@ -70,7 +70,8 @@ def _collect(task: Task, sampler: Sampler, problems: list[Problem], out_dir: Pat
             t0 = time.time()
             key = f"{group[0].id}:{progress[group[0].id].samples}:{len(group)}"
             prompts = [render_prompt(sampler.tokenizer, p.prompt) for p in group]
-            samples = sampler.generate(prompts, cfg.attempts_per_round, seed=stable_seed(cfg.seed, key))
+            samples = sampler.generate(prompts, cfg.attempts_per_round, seed=stable_seed(cfg.seed, key),
+                                       dead_end=dead_end_of(task, group))  # same traces, less compute
             wall = (time.time() - t0) / len(group)
             events = [_round_event(task, p, s, progress[p.id], cfg, wall, source, sampler) for p, s in zip(group, samples)]
             log.append({"events": events})  # one line per round: a kill never splits a round

@@ -69,6 +69,14 @@ def verify_all(task: Task, items: list[tuple[Problem, str]]) -> list[Verdict]:
     return batch(items) if batch is not None else [task.verify(problem, text) for problem, text in items]
 
 
+def dead_end_of(task: Task, problems: list[Problem]):
+    """A sampler's early-rejection check for prompts of these problems (unprefixed), or None when
+    the task has no `dead_end(problem, partial) -> bool` (optional: True only if no continuation
+    of the partial solution can be correct; the built-in synthetic tasks have one)."""
+    check = getattr(task, "dead_end", None)
+    return None if check is None else (lambda i, text: check(problems[i], text))
+
+
 def builtin_tasks() -> dict[str, type]:
     from prefixrl.tasks.chain import ChainTask
     from prefixrl.tasks.gambles import GamblesTask

@@ -39,6 +39,7 @@ from prefixrl.tasks import Problem, Verdict, check_sizes
 
 _SOLUTION = re.compile(r" ([PQ])((?: [LR]\d\d/\d+)*) =(\d\d)\.", re.ASCII)  # ASCII: int() reads other scripts' digits
 _MOVE = re.compile(r" ([LR])(\d)(\d)/(\d+)", re.ASCII)
+_PARTIAL = re.compile(r" ([PQ])((?: [LR]\d\d/\d+)*) ", re.ASCII)  # the marker and the moves a space ends
 
 RULES = {
     "P": lambda a, b: "L" if a >= b else "R",
@@ -75,6 +76,21 @@ def rule_walk(start: int, n_moves: int, strategy: str) -> tuple[str, str]:
     return moves, f"{a}{b}"
 
 
+def _follow(problem: Problem, strategy: str, moves: str) -> tuple[bool, tuple[int, int], int]:
+    """Walk the written moves from the problem's start: (False, ...) at the first that breaks the
+    declared strategy's rule, writes a wrong pair or count, or goes past the move budget; else
+    (True, final pair, moves left)."""
+    start, n_moves = problem.prompt.rstrip(":").split()
+    (a, b), left = divmod(int(start), 10), int(n_moves)
+    for op, x, y, written_left in _MOVE.findall(moves):
+        if left == 0 or op != RULES[strategy](a, b):
+            return False, (a, b), left
+        (a, b), left = move(a, b, op), left - 1
+        if (int(x), int(y)) != (a, b) or int(written_left) != left:
+            return False, (a, b), left
+    return True, (a, b), left
+
+
 class ChainTask:
     name = "chain"
     strategy_markers = {"order": " P ", "carry": " Q "}
@@ -107,19 +123,19 @@ class ChainTask:
         return (0.5 + self.rule_bias / 2) ** problem.difficulty
 
     def verify(self, problem: Problem, solution: str) -> Verdict:
-        start, n_moves = problem.prompt.rstrip(":").split()
         match = _SOLUTION.fullmatch(solution.rstrip())
         if match is None:
             return Verdict(0.0, None)
         strategy, moves, answer = match.groups()
-        (a, b), left = divmod(int(start), 10), int(n_moves)
-        for op, x, y, written_left in _MOVE.findall(moves):
-            if left == 0 or op != RULES[strategy](a, b):
-                return Verdict(0.0, answer)
-            (a, b), left = move(a, b, op), left - 1
-            if (int(x), int(y)) != (a, b) or int(written_left) != left:
-                return Verdict(0.0, answer)
-        return Verdict(float(left == 0 and answer == f"{a}{b}"), answer)
+        ok, (a, b), left = _follow(problem, strategy, moves)
+        return Verdict(float(ok and left == 0 and answer == f"{a}{b}"), answer)
+
+    def dead_end(self, problem: Problem, partial: str) -> bool:
+        """True when no continuation of `partial` can be correct: one of its complete moves (those a
+        space follows) already breaks the rule, the arithmetic or the count. Lets screening and
+        collection stop such a sample early (generate_fast); verify's own walk, so never wrong."""
+        match = _PARTIAL.match(partial)
+        return match is not None and not _follow(problem, *match.groups())[0]
 
     def rule_share(self, problem: Problem, solution: str) -> float | None:
         """The share of a solution's moves that follow its declared strategy's rule, each judged at the

@@ -49,6 +49,7 @@ MOVES = {"A": 1, "B": 3, "C": 6, "D": 8}
 # ASCII: int() reads other scripts' digits. A count is written without leading zeros: one spelling.
 _SOLUTION = re.compile(r"((?: [ABCD]\d\d/(?:0|[1-9]\d*))*) =(\d\d)\.", re.ASCII)
 _MOVE = re.compile(r" ([ABCD])(\d)(\d)/(0|[1-9]\d*)", re.ASCII)
+_PARTIAL = re.compile(r"((?: [ABCD]\d\d/(?:0|[1-9]\d*))*) ", re.ASCII)  # the moves a space ends (or none)
 SPLITS = ("train", "heldout", "validation", "easy")
 
 
@@ -120,22 +121,35 @@ class MinesTask:
         """Correct iff every move is safe, every written pair and count is right, the walk has
         exactly the problem's number of moves, and the stated answer is the final pair. The final
         pair differs between correct walks: any safe walk's own end is its answer."""
-        try:
-            start, n_moves = (int(x) for x in problem.prompt.rstrip(":").split())
-        except ValueError:
-            return Verdict(0.0, None)
         match = _SOLUTION.fullmatch(solution.rstrip())
         if match is None:
             return Verdict(0.0, None)
         moves, answer = match.groups()
+        ok, (a, b), left = self._follow(problem, moves)
+        return Verdict(float(ok and left == 0 and answer == f"{a}{b}"), answer)
+
+    def dead_end(self, problem: Problem, partial: str) -> bool:
+        """True when no continuation of `partial` can be correct: one of its complete moves (those a
+        space follows) is already unsafe or wrongly written. Lets screening and collection stop
+        such a sample early (generate_fast); verify's own walk, so never wrong."""
+        match = _PARTIAL.match(partial)
+        return match is not None and not self._follow(problem, match.group(1))[0]
+
+    def _follow(self, problem: Problem, moves: str) -> tuple[bool, tuple[int, int], int]:
+        """Walk the written moves: (False, ...) at the first that does not survive, writes a wrong
+        pair or count, or goes past the move budget; else (True, final pair, moves left)."""
+        try:
+            start, n_moves = (int(x) for x in problem.prompt.rstrip(":").split())
+        except ValueError:
+            return False, (0, 0), -1
         (a, b), left = divmod(start, 10), n_moves
         for index, (op, x, y, written_left) in enumerate(_MOVE.findall(moves)):
             if left == 0 or not self.survives(problem.prompt, index, a, b, op):
-                return Verdict(0.0, answer)
+                return False, (a, b), left
             (a, b), left = move(a, b, op), left - 1
             if (int(x), int(y)) != (a, b) or int(written_left) != left:
-                return Verdict(0.0, answer)
-        return Verdict(float(left == 0 and answer == f"{a}{b}"), answer)
+                return False, (a, b), left
+        return True, (a, b), left
 
     def survives(self, prompt: str, index: int, a: int, b: int, op: str) -> bool:
         """Whether move `op`, the walk's move number `index`, from pair (a, b) is safe (the verdict's

@@ -23,6 +23,7 @@ from prefixrl.tasks import Problem, Verdict, check_sizes
 
 _SOLUTION = re.compile(r"((?: [1-9]:\d+/\d+)*) =(\d+)\.", re.ASCII)  # ASCII: int() reads other scripts' digits
 _STEP = re.compile(r" ([1-9]):(\d+)/(\d+)", re.ASCII)
+_PARTIAL = re.compile(r"((?: [1-9]:\d+/\d+)*) ", re.ASCII)  # the steps a space ends (or none)
 
 
 def inversions(digits: str) -> int:
@@ -33,6 +34,21 @@ def swap(digits: str, pos: int) -> str:
     """Exchange the digits at 1-based positions pos and pos+1."""
     i = pos - 1
     return digits[:i] + digits[i + 1] + digits[i] + digits[i + 2:]
+
+
+def _follow(problem: Problem, steps: str) -> tuple[bool, str, int]:
+    """Do the written swaps from the problem's digits: (False, ...) at the first that is out of range,
+    past the budget or wrongly written; else (True, the digits, swaps left)."""
+    digits, budget = problem.prompt.rstrip(":").split()
+    state, left = digits, int(budget)
+    for pos, written, written_left in _STEP.findall(steps):
+        pos = int(pos)
+        if pos >= len(state) or left == 0:
+            return False, state, left
+        state, left = swap(state, pos), left - 1
+        if written != state or int(written_left) != left:
+            return False, state, left
+    return True, state, left
 
 
 @lru_cache(maxsize=None)
@@ -87,22 +103,23 @@ class SortTask:
 
     # --- verification ---------------------------------------------------------------------
     def verify(self, problem: Problem, solution: str) -> Verdict:
-        digits, budget = problem.prompt.rstrip(":").split()
-        budget = int(budget)
         match = _SOLUTION.fullmatch(solution.rstrip())
         if match is None:
             return Verdict(0.0, None)
         answer = match.group(2)
-        state, left = digits, budget
-        for pos, written, written_left in _STEP.findall(match.group(1)):
-            pos = int(pos)
-            if pos >= len(state) or left == 0:
-                return Verdict(0.0, answer)
-            state, left = swap(state, pos), left - 1
-            if written != state or int(written_left) != left:
-                return Verdict(0.0, answer)
-        correct = left == 0 and answer == state and state == "".join(sorted(digits))
+        ok, state, left = _follow(problem, match.group(1))
+        correct = ok and left == 0 and answer == state and state == "".join(sorted(state))
         return Verdict(float(correct), answer)
+
+    def dead_end(self, problem: Problem, partial: str) -> bool:
+        """True when no continuation of `partial` can be correct: a complete step (one a space follows)
+        is already wrongly written, or the digits hold more inversions than swaps are left (a swap
+        removes at most one). Lets screening and collection stop such a sample early (generate_fast)."""
+        match = _PARTIAL.match(partial)
+        if match is None:
+            return False
+        ok, state, left = _follow(problem, match.group(1))
+        return not ok or inversions(state) > left
 
     # --- pretraining corpus -----------------------------------------------------------------
     def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
