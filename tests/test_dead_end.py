@@ -13,7 +13,7 @@ from prefixrl.models import load_model, resolve_model
 from prefixrl.tasks import Problem, dead_end_of, load_task, verify_all
 from prefixrl.tasks.mines import MOVES, move
 
-TASKS = ("sort", "chain", "mines", "gambles")
+TASKS = ("sort", "chain", "mines", "gambles", "minefield")
 
 
 def correct_solutions(task, problems, rng):
@@ -26,10 +26,10 @@ def correct_solutions(task, problems, rng):
     for p in problems:
         start, n = (int(x) for x in p.prompt.rstrip(":").split())
         for _ in range(3):
-            (a, b), text = divmod(start, 10), ""
+            (a, b), text, before = divmod(start, 10), "", None
             for i in range(n):
-                op = rng.choice([op for op in MOVES if task.survives(p.prompt, i, a, b, op)])
-                a, b = move(a, b, op)
+                op = rng.choice([op for op in MOVES if task.survives(p.prompt, i, a, b, op, before)])
+                before, (a, b) = a, move(a, b, op)
                 text += f" {op}{a}{b}/{n - i - 1}"
             out.append((p, text + f" ={a}{b}."))
     return out

@@ -220,7 +220,7 @@ def test_load_builtin_and_unknown():
     task = load_task("sort")
     assert task.name == "sort" and isinstance(task, Task)
     assert len(load_task("chain", n_train=10).problems("train")) == 10
-    with pytest.raises(ValueError, match=r"unknown task 'nope'.*\['chain', 'gambles', 'math', 'mines', 'sort'\]"):
+    with pytest.raises(ValueError, match=r"unknown task 'nope'.*\['chain', 'gambles', 'math', 'minefield', 'mines', 'sort'\]"):
         load_task("nope")
 
 

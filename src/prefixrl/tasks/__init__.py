@@ -81,11 +81,12 @@ def builtin_tasks() -> dict[str, type]:
     from prefixrl.tasks.chain import ChainTask
     from prefixrl.tasks.gambles import GamblesTask
     from prefixrl.tasks.math import MathTask
+    from prefixrl.tasks.minefield import MinefieldTask
     from prefixrl.tasks.mines import MinesTask
     from prefixrl.tasks.sort import SortTask
 
     return {"sort": SortTask, "chain": ChainTask, "mines": MinesTask, "gambles": GamblesTask,
-            "math": MathTask}
+            "minefield": MinefieldTask, "math": MathTask}
 
 
 def load_task(name: str, **kwargs) -> Task:

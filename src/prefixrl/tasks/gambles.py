@@ -65,7 +65,7 @@ class GamblesTask(MinesTask):
         with probability `sure` (a gamble otherwise, which survives half the time)."""
         return (sure + (1 - sure) / 2) ** problem.difficulty
 
-    def survives(self, prompt: str, index: int, a: int, b: int, op: str) -> bool:
+    def survives(self, prompt: str, index: int, a: int, b: int, op: str, before: int | None = None) -> bool:
         """mines' verdict with this rule: every move must survive (the sure one, or a lucky gamble)."""
         return survives(prompt, index, a, b, op)
 

@@ -142,18 +142,19 @@ class MinesTask:
             start, n_moves = (int(x) for x in problem.prompt.rstrip(":").split())
         except ValueError:
             return False, (0, 0), -1
-        (a, b), left = divmod(start, 10), n_moves
+        (a, b), left, before = divmod(start, 10), n_moves, None
         for index, (op, x, y, written_left) in enumerate(_MOVE.findall(moves)):
-            if left == 0 or not self.survives(problem.prompt, index, a, b, op):
+            if left == 0 or not self.survives(problem.prompt, index, a, b, op, before):
                 return False, (a, b), left
-            (a, b), left = move(a, b, op), left - 1
+            before, (a, b), left = a, move(a, b, op), left - 1
             if (int(x), int(y)) != (a, b) or int(written_left) != left:
                 return False, (a, b), left
         return True, (a, b), left
 
-    def survives(self, prompt: str, index: int, a: int, b: int, op: str) -> bool:
+    def survives(self, prompt: str, index: int, a: int, b: int, op: str, before: int | None = None) -> bool:
         """Whether move `op`, the walk's move number `index`, from pair (a, b) is safe (the verdict's
-        one rule; `gambles` replaces it)."""
+        one rule; `gambles` and `minefield` replace it). `before`: the digit before the pair (the
+        previous pair was (before, a)); None at the first move."""
         return safe(a, b, op)
 
     def shortcuts(self, problems: list[Problem]) -> dict[str, dict[str, float]]:

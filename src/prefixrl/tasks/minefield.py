@@ -1,0 +1,113 @@
+"""`minefield`: the `mines` walk where which two moves are mines depends on the last *three* digits
+of the walk, by a random table of 1,000 entries: a rule too large to read off a few traces.
+
+    prompt     "37 12:"                          as `mines`: start pair, then the number of moves
+    solution   " D71/11 D15/10 ... C23/0 =23."  as `mines`: moves, each with its pair and moves left
+    state      (p, a, b): the current pair (a, b) and the digit p before it (the previous pair was
+               (p, a)); at the first move p is the start's own slot, 10 (1,100 states in all)
+    safe       one move of each antipode pair, (A or C) and (B or D), chosen per state by `FIELD`,
+               a fixed random table of the task: every state has two safe moves and two mines, a
+               walk of n moves has 2^n correct solutions, and a random walk survives with 2^-n
+
+Why this design (README, Tasks: `minefield`). The `mines` probe measured that SFT on 32 traces
+took held-out pass@1 from 3e-4 to 0.23: its rule is a 10-entry window table, and 32 traces x 15
+moves label it many times over. `gambles` hid the rule behind luck, which drowned the reward's
+signal too. Here the reward's signal is as clean as in `mines` (every move of a correct walk is
+safe), but the rule is a table of 1,100 states and 2 bits each: 64 traces of 11-13 moves label
+about half of its states once, and SFT cannot know the rest. On-policy RL from a trace's prefix
+walks into states the trace never visited and is paid for its safe moves there; the table holds at
+every state of every problem, so what is learned near the end of the training problems' walks
+applies to their starts and to held-out problems (back-generalization), if enough states are
+learned. That is AdaBack's separation (arXiv 2506.18110: SFT fails for sample complexity, RL for
+sparse reward), in a form a 0.65 M model can execute: every step is `mines`' step.
+
+The base is `builtin:mines`'s model, unchanged (`builtin:minefield` resolves to it): it executes
+the format at 99.95% and knows nothing of this table (its faint `mines` rule is a coin here), so it
+decides at about 1/2 a move: hard problems (11-13 moves) succeed with about 2^-12.
+"""
+
+from __future__ import annotations
+
+import random
+
+from prefixrl.tasks import Problem
+from prefixrl.tasks.mines import MOVES, MinesTask, move
+
+START = 10  # p at the first move: the start pair has no digit before it
+
+
+def _field(seed: int = 2026) -> dict[tuple[int, int, int], str]:
+    """Per state (p, a, b), its two safe moves: A or C (new digit a+1 or a+6), and B or D (a+3, a+8)."""
+    rng = random.Random(seed)
+    return {(p, a, b): rng.choice("AC") + rng.choice("BD") for p in range(11) for a in range(10) for b in range(10)}
+
+
+FIELD = _field()
+
+
+def field_safe(p: int, a: int, b: int, op: str) -> bool:
+    return op in FIELD[p, a, b]
+
+
+class MinefieldTask(MinesTask):
+    name = "minefield"
+
+    def __init__(self, hard: tuple[int, ...] = (11, 12, 13), easy: tuple[int, ...] = (2, 3, 4, 5),
+                 max_moves: int = 16, rule_bias: float = 0.0, n_train: int = 128, n_heldout: int = 64,
+                 n_validation: int = 32, n_easy: int = 64, seed: int = 0):
+        super().__init__(hard=hard, easy=easy, max_moves=max_moves, rule_bias=rule_bias, n_train=n_train,
+                         n_heldout=n_heldout, n_validation=n_validation, n_easy=n_easy, seed=seed)
+
+    def _problem(self, start: int, n_moves: int, split: str) -> Problem:
+        ops, (p, a, b) = "", (START, *divmod(start, 10))
+        for _ in range(n_moves):  # a reference walk: the first safe move at every state
+            ops += FIELD[p, a, b][0]
+            p, (a, b) = a, move(a, b, ops[-1])
+        return Problem(id=f"minefield-{start:02d}-{n_moves}", prompt=f"{start:02d} {n_moves}:",
+                       answer=f"{a}{b}", difficulty=n_moves, split=split, meta={"reference": ops})
+
+    def survives(self, prompt: str, index: int, a: int, b: int, op: str, before: int | None = None) -> bool:
+        """Safe by the field at (before, a, b); the first move's `before` is the start's slot."""
+        return field_safe(START if before is None else before, a, b, op)
+
+    def chance(self, problem: Problem) -> float:
+        """Success of a policy that executes every move right and picks moves as its corpus does."""
+        return (0.5 + self.rule_bias / 2) ** problem.difficulty
+
+    def shortcuts(self, problems: list[Problem]) -> dict[str, dict[str, float]]:
+        """Share of problems a move pattern blind to the states would solve (constant, or repeating
+        with period 2 to 4)."""
+        import itertools
+
+        solved = {"constant": 0, "periodic": 0}
+        for prob in problems:
+            start, n = (int(x) for x in prob.prompt.rstrip(":").split())
+            ok = [self._safe_walk(start, ("".join(pat) * n)[:n])
+                  for period in (1, 2, 3, 4) for pat in itertools.product(MOVES, repeat=period)]
+            solved["constant"] += any(ok[:len(MOVES)])
+            solved["periodic"] += any(ok)
+        return {"safe walk": {k: v / len(problems) for k, v in solved.items()}}
+
+    @staticmethod
+    def _safe_walk(start: int, ops: str) -> bool:
+        p, (a, b) = START, divmod(start, 10)
+        for op in ops:
+            if not field_safe(p, a, b, op):
+                return False
+            p, (a, b) = a, move(a, b, op)
+        return True
+
+    def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
+        """Worked attempts in `mines`' format, moves drawn among the field's safe ones with
+        probability rule_bias (default 0: the base is `mines`' model, which never saw this table)."""
+        rng = random.Random(seed)
+        pairs = []
+        for _ in range(n):
+            start, n_moves = rng.randrange(100), rng.randint(1, self.max_moves)
+            (p, a, b), steps = (START, *divmod(start, 10)), []
+            for left in range(n_moves - 1, -1, -1):
+                op = rng.choice(FIELD[p, a, b] if rng.random() < self.rule_bias else "ABCD")
+                p, (a, b) = a, move(a, b, op)
+                steps.append(f" {op}{a}{b}/{left}")
+            pairs.append((f"{start:02d} {n_moves}:", "".join(steps) + f" ={a}{b}."))
+        return pairs
