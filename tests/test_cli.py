@@ -81,7 +81,7 @@ def test_unknown_task_exits_2(model_dir, tmp_path):
     for command in (["screen", model_dir], ["evaluate", model_dir], ["collect", model_dir, "--problems", "train"]):
         result = invoke(*command, "--task", "nope", "--out", tmp_path / "x", "--quiet")
         assert result.exit_code == 2, result.output
-        assert "unknown task 'nope'" in result.output and "['chain', 'gambles', 'math', 'mines', 'sort']" in result.output
+        assert "unknown task 'nope'" in result.output and "['chain', 'gambles', 'math', 'minefield', 'mines', 'sort']" in result.output
 
 
 def test_hf_sampler_samples(model, tokenizer):

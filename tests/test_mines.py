@@ -166,7 +166,7 @@ def test_the_mines_headline_config_builds_at_honest_scale():
 
     cfg = ExperimentConfig.from_yaml("configs/benchmark-mines.yaml")
     task = load_task(cfg.task, **cfg.task_args)
-    assert cfg.methods == ["prefixrl", "prefixrl-adaptive", "sft-rl", "rl"] and len(cfg.seeds) == 3
+    assert set(cfg.methods) == {"prefixrl", "prefixrl-adaptive", "sft-rl", "rl"} and len(cfg.seeds) == 3
     train, heldout = task.problems("train"), task.problems("heldout")
     assert len(train) >= cfg.screen.limit >= 128 and len(heldout) == cfg.heldout == 64
     assert not {p.id for p in train} & {p.id for p in heldout}
