@@ -1,6 +1,6 @@
 """The headline experiment on the CPU: PrefixRL against its baselines at equal FLOPs, 3 seeds.
 
-    python benchmarks/headline.py [--config configs/benchmark.yaml] [--out runs/benchmark]
+    python benchmarks/headline.py [--config configs/benchmark.yaml] [--out runs/benchmark] [--seeds 0]
 
 Runs `prefixrl experiment` (resumable: a killed run continues) and prints the headline table:
 per split, each method's final unprefixed pass@1 (mean ± std over seeds), and PrefixRL's speedup
@@ -29,13 +29,13 @@ SMOKE = {"screen": {"problems": "easy", "limit": 4, "n": 4, "k": 4}, "methods": 
          "calibration_traces": 1, "calibration_n": 2}
 
 
-def smoke_config(config: str, out: str) -> str:
-    """The config with SMOKE's sizes over its own, written into out."""
+def config_with(config: str, out: str, overrides: dict, name: str) -> str:
+    """The config with `overrides` over its own (dicts merged one level), written into out/name."""
     cfg = yaml.safe_load(Path(config).read_text())
-    cfg.update({k: {**cfg.get(k, {}), **v} if isinstance(v, dict) else v for k, v in SMOKE.items()})
+    cfg.update({k: {**cfg.get(k, {}), **v} if isinstance(v, dict) else v for k, v in overrides.items()})
     Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "smoke.yaml").write_text(yaml.safe_dump(cfg))
-    return str(Path(out) / "smoke.yaml")
+    (Path(out) / name).write_text(yaml.safe_dump(cfg))
+    return str(Path(out) / name)
 
 
 def _x(value, interval, none: str = "not reached") -> str:
@@ -47,10 +47,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="configs/benchmark.yaml")
     parser.add_argument("--out", default="runs/benchmark")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these of the config's seeds, every method "
+                        "(a seed's runs finish together; a later run without --seeds resumes and adds the rest)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: the test of this script")
     args = parser.parse_args()
     start = time.time()
-    summary = run_experiment(smoke_config(args.config, args.out) if args.smoke else args.config, args.out)
+    config = config_with(args.config, args.out, SMOKE, "smoke.yaml") if args.smoke else args.config
+    if args.seeds:
+        config = config_with(config, args.out, {"seeds": args.seeds}, "seeds.yaml")
+    summary = run_experiment(config, args.out)
     method = summary["method"]
     for split, numbers in summary["headline"].items():
         ours = numbers["final"][method]
