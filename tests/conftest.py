@@ -29,6 +29,19 @@ def sort_steps(prompt: str) -> list[tuple[int, str, int]]:
     return steps
 
 
+def render_walk(prompt: str, ops: str, answer: str | None = None) -> str:
+    """A `mines`-format solution (mines, gambles, minefield) of the moves `ops` from the prompt's start,
+    every pair and count written right; the answer is the walk's own end unless given."""
+    from prefixrl.tasks.mines import move as mines_move
+
+    start, n = (int(x) for x in prompt.rstrip(":").split())
+    (a, b), steps = divmod(start, 10), ""
+    for i, op in enumerate(ops):
+        a, b = mines_move(a, b, op)
+        steps += f" {op}{a}{b}/{n - i - 1}"
+    return steps + f" ={answer if answer is not None else f'{a}{b}'}."
+
+
 def render_sort(steps, answer: str) -> str:
     return "".join(f" {pos}:{state}/{left}" for pos, state, left in steps) + f" ={answer}."
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import render_walk
 from prefixrl.models import resolve_model
 from prefixrl.tasks import Problem, load_task
 from prefixrl.tasks.gambles import SURE, survives
@@ -21,12 +22,7 @@ def task():
 
 
 def render(problem: Problem, ops: str, answer: str | None = None) -> str:
-    start, n = (int(x) for x in problem.prompt.rstrip(":").split())
-    (a, b), steps = divmod(start, 10), ""
-    for i, op in enumerate(ops):
-        a, b = move(a, b, op)
-        steps += f" {op}{a}{b}/{n - i - 1}"
-    return steps + f" ={answer if answer is not None else f'{a}{b}'}."
+    return render_walk(problem.prompt, ops, answer)
 
 
 def lives(problem: Problem, ops: str) -> bool:
