@@ -120,7 +120,17 @@ class Decoder:
                 down_w=m.down_proj.weight, down_b=m.down_proj.bias))
 
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Allocate the cache and run the prompts: the last position's logits [B, V] (float32)."""
+        """Allocate the cache and run the prompts: the last position's logits [B, V] (float32).
+        Identical rows (the n samples of one prompt, as every caller sends them) are run once and
+        share their cache: a GRPO batch of 16 prompts x 8 fills its cache for 1/8 of the cost."""
+        rows, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
+        if len(rows) == len(input_ids):
+            return self._prefill(input_ids, attention_mask)
+        logits = self._prefill(*rows.long().split(input_ids.shape[1], dim=1))
+        self.keep(inverse)
+        return logits[inverse]
+
+    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         batch, prompt = input_ids.shape
         # zeros, not empty: every step attends over the whole cache (see _step_attention), and a
         # masked NaN from uninitialised memory would still poison the softmax
@@ -162,7 +172,7 @@ class Decoder:
         return self._logits(x[:, -1])
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Keep only these of the current rows (indices): the others' samples have ended."""
+        """Keep only these of the current rows (indices, repeats allowed): the others' samples have ended."""
         self.k_cache, self.v_cache = self.k_cache[:, rows], self.v_cache[:, rows]
         self.bias, self.next_position = self.bias[rows], self.next_position[rows]
 
