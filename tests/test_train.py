@@ -281,6 +281,47 @@ def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setu
     assert [len(metrics[f"{name}/grad_norm"]) for name in parts] == [1, 1]
 
 
+@pytest.mark.parametrize("split", [True, False])
+def test_rows_with_zero_advantage_are_left_out_of_the_update_and_the_gradient_is_the_same(setup, sort_task,
+                                                                                          tmp_path, split):
+    """Rows whose advantage is 0 add nothing to the gradient: the update skips their forward and
+    backward (fewer rows reach the model) and the gradient equals TRL's pass over the whole batch;
+    a part whose rows all have advantage 0 logs a gradient norm of exactly 0."""
+    trainer = make_trainer(setup, mixed_rewards(sort_task, setup.problems), tmp_path)
+    trainer.split_grad_norms = split
+    model = trainer.model
+    prefixed = [r for r in setup.rows if r["prefixed"]]
+    batch = [dict(r) for r in (prefixed[0], setup.rows[-1], prefixed[4]) for _ in range(2)]
+    torch.manual_seed(0)
+    out = trainer._generate_and_score_completions(batch)
+    out["advantages"] = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.7, -1.0])  # the unprefixed rows: none
+
+    model.zero_grad(set_to_none=True)
+    whole_loss = GRPOTrainer._compute_loss(trainer, model, out)
+    whole_loss.backward()
+    whole = all_grads(model)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(model, out)
+    loss.backward()
+    hook.remove()
+    assert seen == [3]  # one pass, over the three rows with an advantage
+    assert torch.allclose(all_grads(model), whole, rtol=1e-4, atol=1e-7)
+    assert loss.item() == pytest.approx(whole_loss.item(), rel=1e-5)
+    if split:
+        assert trainer._metrics["train"]["unprefixed/grad_norm"] == [0.0]
+    trainer.skip_zero_advantage = False  # every row through the model again
+    seen.clear()
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    model.zero_grad(set_to_none=True)
+    trainer.compute_loss(model, out).backward()
+    hook.remove()
+    assert sum(seen) == 6 and torch.allclose(all_grads(model), whole, rtol=1e-4, atol=1e-7)
+
+
 @pytest.mark.parametrize("weight", ["is", "luffy"])
 def test_off_policy_trace_joins_each_group_with_its_weight(setup, sort_task, tmp_path, weight):
     tok = setup.tok

@@ -208,6 +208,11 @@ class TrainConfig:
     # continuation, which pays for the second pass: benchmarks/train_step.py)
     split_grad_norms: bool = option(True, "Log each part's gradient norm (prefixed/grad_norm, unprefixed/grad_norm) "
                                     "with one backward pass per part; the same gradient (off: TRL's single pass).")
+    # rows with advantage 0 (a group whose samples all got the same reward) add nothing to the gradient;
+    # early in a PrefixRL run they are most unprefixed rows and many prefixed ones
+    skip_zero_advantage: bool = option(True, "Leave rows whose advantage is 0 out of the update's forward and "
+                                       "backward: the same gradient, less compute (FLOPs are still charged for "
+                                       "every row, as the paper counts them; entropies then cover trained rows).")
     # -- scale: memory and processes (a step's batch stays problems_per_step x num_generations) ---------
     micro_batch_size: int | None = option(None, "Samples per process per forward/backward (default: its whole "
                                           "share); smaller ones accumulate gradients to the whole batch.")

@@ -214,7 +214,8 @@ def _trainer(task, model, tokenizer, rows, args, cfg, out_dir, ledger, kept_step
     kind, extra = (PrefixRLTrainer, {}) if off_policy is None else (OffPolicyTrainer, {"off_policy": off_policy})
     trainer = kind(model=model, reward_funcs=reward_function(task, problems), args=args,
                    train_dataset=Dataset.from_list(rows), processing_class=tokenizer, flops_ledger=ledger,
-                   sampler=cfg.sampler, split_grad_norms=cfg.split_grad_norms, live_rows=adaptive, **extra)
+                   sampler=cfg.sampler, split_grad_norms=cfg.split_grad_norms,
+                   skip_zero_advantage=cfg.skip_zero_advantage, live_rows=adaptive, **extra)
     if args.process_index == 0:
         trainer.add_callback(MetricsLog(AppendLog(out_dir / "metrics.jsonl")))
     if adaptive:

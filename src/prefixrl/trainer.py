@@ -3,6 +3,7 @@ measures and needs around it:
 
 - metrics split by prefixed / unprefixed groups: reward, zero-advantage share, continuation length,
   entropy, and with `split_grad_norms` each part's gradient norm (one backward pass per part);
+- an update that skips the rows whose advantage is 0 (`skip_zero_advantage`: the same gradient);
 - the FLOPs ledger: rollouts 2·N·D, updates 6·N·D, prompt and prefix tokens counted, gathered over
   processes so every process stops at the same budget;
 - rollouts on CPU through generate_fast's decode loop (TrainConfig.sampler);
@@ -45,9 +46,10 @@ class PrefixRLTrainer(GRPOTrainer):
     is TRL's own, set by objective.objective_args; nothing here changes the loss."""
 
     def __init__(self, *args, flops_ledger: FlopsLedger, sampler: str = "auto", split_grad_norms: bool = True,
-                 live_rows: LiveRows | None = None, **kwargs):
+                 skip_zero_advantage: bool = True, live_rows: LiveRows | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.flops_ledger, self.split_grad_norms, self.live_rows = flops_ledger, split_grad_norms, live_rows
+        self.skip_zero_advantage = skip_zero_advantage
         self.fast_rollouts = self._can_roll_out_fast(sampler)
         self.n_params = n_params(self.model)
 
@@ -143,28 +145,39 @@ class PrefixRLTrainer(GRPOTrainer):
                     self.live_rows.solved(x["problem_id"], completion, self.state.global_step)
         return rewards
 
-    # -- the update: TRL's loss; with split_grad_norms, one backward pass per part -----------------------------------------------------------------------------
+    # -- the update: TRL's loss, over the rows that carry a gradient; split_grad_norms: a pass per part ---------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """With split_grad_norms, one backward pass per part (prefixed rows, then unprefixed rows), so
-        each part's gradient norm is measured; their gradients add up to the batch's. Twice the
-        passes, but each part is padded only to its own longest continuation (prefixed ones are
-        shorter): on the tiny models the update costs what one pass costs. Otherwise, and for
-        multi-process runs (whose backward synchronises across processes) and an entropy bonus (not
-        a sum over rows), TRL's single pass."""
-        parts = [(name, rows) for name, rows in _parts(inputs) if rows.any()]
-        single = len(parts) < 2 or self.accelerator.num_processes > 1 or self._entropy_bonus_enabled
-        if single or not self.split_grad_norms:
+        """TRL's loss, with two changes that leave the gradient as it is:
+        - skip_zero_advantage: a row whose advantage is 0 adds exactly nothing to it (no KL term, no
+          entropy bonus here), so its forward and backward are skipped. Early in PrefixRL almost every
+          unprefixed group and many prefixed ones get the same reward in all samples. FLOPs are still
+          charged for every row, as the paper counts them.
+        - split_grad_norms: one backward pass per part (prefixed rows, then unprefixed rows), so each
+          part's gradient norm is measured; the parts' gradients add up to the batch's, and each part
+          is padded only to its own longest continuation (prefixed ones are shorter).
+        Multi-process runs (whose backward synchronises across processes) take TRL's single pass."""
+        trained = inputs["advantages"] != 0 if self.skip_zero_advantage and self.beta == 0 else \
+            torch.ones_like(inputs["advantages"], dtype=torch.bool)
+        parts = _parts(inputs) if self.split_grad_norms else [("all", torch.ones_like(trained))]
+        if self.accelerator.num_processes > 1 or self._entropy_bonus_enabled or \
+                (trained.all() and sum(rows.any().item() for _, rows in parts) < 2):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         params = [p for p in model.parameters() if p.requires_grad]
         total = torch.zeros((), device=self.accelerator.device)
         for name, rows in parts:
+            if self.split_grad_norms and rows.any() and not (rows & trained).any():
+                self._metrics["train"][f"{name}/grad_norm"].append(0.0)  # every row's advantage is 0
+            rows = rows & trained
+            if not rows.any():
+                continue
             earlier = [p.grad for p in params]  # set aside, so .grad holds this part's gradient alone
             for p in params:
                 p.grad = None
             loss = self._compute_loss(model, _select(inputs, rows)) * self._part_share(inputs, rows)
             self.accelerator.backward(loss)
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-            self._metrics["train"][f"{name}/grad_norm"].append(norm.item())
+            if self.split_grad_norms:
+                norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                self._metrics["train"][f"{name}/grad_norm"].append(norm.item())
             for p, grad in zip(params, earlier):
                 if grad is not None:
                     p.grad = grad if p.grad is None else p.grad + grad
