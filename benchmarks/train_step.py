@@ -6,9 +6,13 @@ batch with and without the split backward (the per-part gradient norms).
 
 Every trainer gets the same prefixed rows, reward function and GRPOConfig:
 - stock GRPOTrainer (transformers' generate for the rollouts, one backward pass);
-- PrefixRL, the earlier path: transformers' generate for the rollouts (sampler="hf"), plus its split
-  metrics, split backward and FLOPs ledger: its overhead over stock (target 10% or less);
-- PrefixRL with the defaults: rollouts by generate_fast's decode loop (target >= 1.5x the earlier path).
+- PrefixRL, the earlier path: transformers' generate for the rollouts (sampler="hf") and every row
+  through the update (skip_zero_advantage off), plus its split metrics, split backward and FLOPs
+  ledger: its overhead over stock on the same work (target 10% or less);
+- PrefixRL with the defaults: rollouts by generate_fast's decode loop (each prompt prefilled once
+  for its 8 samples), rows whose advantage is 0 left out of the update (target >= 1.5x the earlier path).
+On `chain` the rows are the demo's 13 traces' prefixes (tests/data), so the groups' rewards, and the
+share of rows with advantage 0, are those of a run's first steps.
 Prints seconds per step (first step excluded as warm-up), the share spent generating (and scoring)
 versus updating, and the ratios. The trainers run one after another, --rounds times, in reversed
 order every other round (a load that drifts over the run then weighs on all alike), and each
@@ -36,7 +40,10 @@ from prefixrl.flops import FlopsLedger
 from prefixrl.models import load_model, resolve_model
 from prefixrl.prefixes import PrefixConfig, prefixed_problems
 from prefixrl.tasks import load_task
+from prefixrl.traces import load_traces
 from prefixrl.train import PrefixRLTrainer, TrainConfig, grpo_config, reward_function
+
+DEMO_TRACES = Path(__file__).resolve().parents[1] / "tests" / "data" / "chain_demo_traces.jsonl"
 
 
 class StepTimer(TrainerCallback):
@@ -121,13 +128,15 @@ def main():
     model_path = resolve_model(args.model)
     _, tokenizer = load_model(model_path, device="cpu")
     problems = {p.id: p for p in task.problems("train")}
-    # prefixes of the base model's own samples stand in for traces: timing needs lengths, not correctness
-    traces = [{"problem_id": p.id, "completion": c} for p, (_, c) in zip(task.problems("train"), task.corpus(64, seed=1))]
+    if args.task == "chain":  # the demo's 13 traces: real prefixes, so groups get the rewards a run sees
+        traces = load_traces(DEMO_TRACES)
+    else:  # prefixes of corpus samples stand in for traces: right lengths, but rewards mostly 0
+        traces = [{"problem_id": p.id, "completion": c} for p, (_, c) in zip(task.problems("train"), task.corpus(64, seed=1))]
     rows = prefixed_problems(tokenizer, traces, problems, PrefixConfig())
     cfg = TrainConfig(steps=args.steps, problems_per_step=args.problems_per_step, eval_every=0, save_every=10**6,
                       **(dict(num_generations=4, max_completion_length=64) if args.smoke else {}))
     trainers = {"GRPOTrainer (stock)": (GRPOTrainer, {}),
-                "PrefixRL, earlier path": (PrefixRLTrainer, dict(sampler="hf")),
+                "PrefixRL, earlier path": (PrefixRLTrainer, dict(sampler="hf", skip_zero_advantage=False)),
                 "PrefixRL, defaults": (PrefixRLTrainer, {})}
     runs = {name: [] for name in trainers}
     with tempfile.TemporaryDirectory() as tmp:
