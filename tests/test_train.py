@@ -284,9 +284,9 @@ def test_one_backward_per_part_gives_the_batch_gradient_and_each_parts_norm(setu
 @pytest.mark.parametrize("split", [True, False])
 def test_rows_with_zero_advantage_are_left_out_of_the_update_and_the_gradient_is_the_same(setup, sort_task,
                                                                                           tmp_path, split):
-    """Rows whose advantage is 0 add nothing to the gradient: the update skips their forward and
-    backward (fewer rows reach the model) and the gradient equals TRL's pass over the whole batch;
-    a part whose rows all have advantage 0 logs a gradient norm of exactly 0."""
+    """Rows whose advantage is 0 add nothing to the gradient: the update gives them a forward pass
+    without gradient (their entropy is still logged) and no backward, and the gradient equals TRL's
+    pass over the whole batch; a part whose rows all have advantage 0 logs a gradient norm of 0."""
     trainer = make_trainer(setup, mixed_rewards(sort_task, setup.problems), tmp_path)
     trainer.split_grad_norms = split
     model = trainer.model
@@ -307,11 +307,13 @@ def test_rows_with_zero_advantage_are_left_out_of_the_update_and_the_gradient_is
     loss = trainer.compute_loss(model, out)
     loss.backward()
     hook.remove()
-    assert seen == [3]  # one pass, over the three rows with an advantage
+    # per part, the rows with advantage 0 (a forward without gradient, for their entropy), then the rest
+    assert seen == ([1, 3, 2] if split else [3, 3])
     assert torch.allclose(all_grads(model), whole, rtol=1e-4, atol=1e-7)
     assert loss.item() == pytest.approx(whole_loss.item(), rel=1e-5)
     if split:
         assert trainer._metrics["train"]["unprefixed/grad_norm"] == [0.0]
+        assert trainer._metrics["train"]["unprefixed/entropy"]  # logged from the forward without gradient
     trainer.skip_zero_advantage = False  # every row through the model again
     seen.clear()
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"].shape[0]),

@@ -210,9 +210,9 @@ class TrainConfig:
                                     "with one backward pass per part; the same gradient (off: TRL's single pass).")
     # rows with advantage 0 (a group whose samples all got the same reward) add nothing to the gradient;
     # early in a PrefixRL run they are most unprefixed rows and many prefixed ones
-    skip_zero_advantage: bool = option(True, "Leave rows whose advantage is 0 out of the update's forward and "
-                                       "backward: the same gradient, less compute (FLOPs are still charged for "
-                                       "every row, as the paper counts them; entropies then cover trained rows).")
+    skip_zero_advantage: bool = option(True, "Rows whose advantage is 0 get a forward pass without gradient (for "
+                                       "their logged entropy) and no backward: the same gradient and metrics, less "
+                                       "compute (FLOPs are still charged for every row, as the paper counts them).")
     # -- scale: memory and processes (a step's batch stays problems_per_step x num_generations) ---------
     micro_batch_size: int | None = option(None, "Samples per process per forward/backward (default: its whole "
                                           "share); smaller ones accumulate gradients to the whole batch.")

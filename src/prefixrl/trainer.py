@@ -149,9 +149,10 @@ class PrefixRLTrainer(GRPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """TRL's loss, with two changes that leave the gradient as it is:
         - skip_zero_advantage: a row whose advantage is 0 adds exactly nothing to it (no KL term, no
-          entropy bonus here), so its forward and backward are skipped. Early in PrefixRL almost every
-          unprefixed group and many prefixed ones get the same reward in all samples. FLOPs are still
-          charged for every row, as the paper counts them.
+          entropy bonus here), so it gets a forward pass without gradient (its entropy is logged, as
+          TRL logs it) and no backward. Early in PrefixRL almost every unprefixed group and many
+          prefixed ones get the same reward in all samples. FLOPs are still charged for every row,
+          as the paper counts them.
         - split_grad_norms: one backward pass per part (prefixed rows, then unprefixed rows), so each
           part's gradient norm is measured; the parts' gradients add up to the batch's, and each part
           is padded only to its own longest continuation (prefixed ones are shorter).
@@ -165,6 +166,9 @@ class PrefixRLTrainer(GRPOTrainer):
         params = [p for p in model.parameters() if p.requires_grad]
         total = torch.zeros((), device=self.accelerator.device)
         for name, rows in parts:
+            if (rows & ~trained).any():  # no gradient, but their entropy is a diagnostic: a forward only
+                with torch.no_grad():
+                    self._compute_loss(model, _select(inputs, rows & ~trained))
             if self.split_grad_norms and rows.any() and not (rows & trained).any():
                 self._metrics["train"][f"{name}/grad_norm"].append(0.0)  # every row's advantage is 0
             rows = rows & trained
