@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 
 from prefixrl.tasks import Problem
-from prefixrl.tasks.mines import MOVES, MinesTask, move
+from prefixrl.tasks.mines import MinesTask, move
 
 START = 10  # p at the first move: the start pair has no digit before it
 
@@ -69,33 +69,6 @@ class MinefieldTask(MinesTask):
     def survives(self, prompt: str, index: int, a: int, b: int, op: str, before: int | None = None) -> bool:
         """Safe by the field at (before, a, b); the first move's `before` is the start's slot."""
         return field_safe(START if before is None else before, a, b, op)
-
-    def chance(self, problem: Problem) -> float:
-        """Success of a policy that executes every move right and picks moves as its corpus does."""
-        return (0.5 + self.rule_bias / 2) ** problem.difficulty
-
-    def shortcuts(self, problems: list[Problem]) -> dict[str, dict[str, float]]:
-        """Share of problems a move pattern blind to the states would solve (constant, or repeating
-        with period 2 to 4)."""
-        import itertools
-
-        solved = {"constant": 0, "periodic": 0}
-        for prob in problems:
-            start, n = (int(x) for x in prob.prompt.rstrip(":").split())
-            ok = [self._safe_walk(start, ("".join(pat) * n)[:n])
-                  for period in (1, 2, 3, 4) for pat in itertools.product(MOVES, repeat=period)]
-            solved["constant"] += any(ok[:len(MOVES)])
-            solved["periodic"] += any(ok)
-        return {"safe walk": {k: v / len(problems) for k, v in solved.items()}}
-
-    @staticmethod
-    def _safe_walk(start: int, ops: str) -> bool:
-        p, (a, b) = START, divmod(start, 10)
-        for op in ops:
-            if not field_safe(p, a, b, op):
-                return False
-            p, (a, b) = a, move(a, b, op)
-        return True
 
     def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
         """Worked attempts in `mines`' format, moves drawn among the field's safe ones with

@@ -163,12 +163,21 @@ class MinesTask:
         the rule). Counts a problem if any such pattern, cut to its length, is a safe walk."""
         solved = {"constant": 0, "periodic": 0}
         for p in problems:
-            start, n = (int(x) for x in p.prompt.rstrip(":").split())
-            ok = [walk(start, ("".join(pat) * n)[:n])[1]
+            n = int(p.prompt.rstrip(":").split()[1])
+            ok = [self._survives_walk(p.prompt, ("".join(pat) * n)[:n])
                   for period in (1, 2, 3, 4) for pat in itertools.product(MOVES, repeat=period)]
             solved["constant"] += any(ok[:len(MOVES)])
             solved["periodic"] += any(ok)
         return {"safe walk": {k: v / len(problems) for k, v in solved.items()}}
+
+    def _survives_walk(self, prompt: str, ops: str) -> bool:
+        """Whether every move of `ops` from the prompt's start survives (the verdict's rule alone)."""
+        (a, b), before = divmod(int(prompt.split()[0]), 10), None
+        for index, op in enumerate(ops):
+            if not self.survives(prompt, index, a, b, op, before):
+                return False
+            before, (a, b) = a, move(a, b, op)
+        return True
 
     def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
         """Worked attempts: the format and the arithmetic always, the rule faintly (a move is drawn
