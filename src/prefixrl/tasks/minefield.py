@@ -1,5 +1,5 @@
 """`minefield`: the `mines` walk where which two moves are mines depends on the last *three* digits
-of the walk, by a random table of 1,000 entries: a rule too large to read off a few traces.
+of the walk, by a random table of 1,100 states: a rule too large to read off a few traces.
 
     prompt     "37 12:"                          as `mines`: start pair, then the number of moves
     solution   " D71/11 D15/10 ... C23/0 =23."  as `mines`: moves, each with its pair and moves left
@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import random
 
-from prefixrl.tasks import Problem
-from prefixrl.tasks.mines import MinesTask, move
+from prefixrl.tasks.mines import MinesTask
 
 START = 10  # p at the first move: the start pair has no digit before it
 
@@ -58,29 +57,11 @@ class MinefieldTask(MinesTask):
         super().__init__(hard=hard, easy=easy, max_moves=max_moves, rule_bias=rule_bias, n_train=n_train,
                          n_heldout=n_heldout, n_validation=n_validation, n_easy=n_easy, seed=seed)
 
-    def _problem(self, start: int, n_moves: int, split: str) -> Problem:
-        ops, (p, a, b) = "", (START, *divmod(start, 10))
-        for _ in range(n_moves):  # a reference walk: the first safe move at every state
-            ops += FIELD[p, a, b][0]
-            p, (a, b) = a, move(a, b, ops[-1])
-        return Problem(id=f"minefield-{start:02d}-{n_moves}", prompt=f"{start:02d} {n_moves}:",
-                       answer=f"{a}{b}", difficulty=n_moves, split=split, meta={"reference": ops})
-
     def survives(self, prompt: str, index: int, a: int, b: int, op: str, before: int | None = None) -> bool:
         """Safe by the field at (before, a, b); the first move's `before` is the start's slot."""
         return field_safe(START if before is None else before, a, b, op)
 
-    def corpus(self, n: int, seed: int) -> list[tuple[str, str]]:
-        """Worked attempts in `mines`' format, moves drawn among the field's safe ones with
-        probability rule_bias (default 0: the base is `mines`' model, which never saw this table)."""
-        rng = random.Random(seed)
-        pairs = []
-        for _ in range(n):
-            start, n_moves = rng.randrange(100), rng.randint(1, self.max_moves)
-            (p, a, b), steps = (START, *divmod(start, 10)), []
-            for left in range(n_moves - 1, -1, -1):
-                op = rng.choice(FIELD[p, a, b] if rng.random() < self.rule_bias else "ABCD")
-                p, (a, b) = a, move(a, b, op)
-                steps.append(f" {op}{a}{b}/{left}")
-            pairs.append((f"{start:02d} {n_moves}:", "".join(steps) + f" ={a}{b}."))
-        return pairs
+    def _safe_ops(self, a: int, b: int, before: int | None) -> str:
+        """The field's two safe moves at (before, a, b): the reference walks take the first, the
+        corpus (rule_bias, default 0: the `mines` base never saw this table) draws among them."""
+        return FIELD[START if before is None else before, a, b]

@@ -105,11 +105,11 @@ class MinesTask:
         return [self._problem(s, n, split) for s, n in walks]
 
     def _problem(self, start: int, n_moves: int, split: str) -> Problem:
-        ops, (a, b) = "", divmod(start, 10)
+        ops, (a, b), before = "", divmod(start, 10), None
         for _ in range(n_moves):  # a reference walk: the first safe move at every state
-            ops += safe_moves(a, b)[0]
-            a, b = move(a, b, ops[-1])
-        return Problem(id=f"mines-{start:02d}-{n_moves}", prompt=f"{start:02d} {n_moves}:",
+            ops += self._safe_ops(a, b, before)[0]
+            before, (a, b) = a, move(a, b, ops[-1])
+        return Problem(id=f"{self.name}-{start:02d}-{n_moves}", prompt=f"{start:02d} {n_moves}:",
                        answer=f"{a}{b}", difficulty=n_moves, split=split, meta={"reference": ops})
 
     def chance(self, problem: Problem) -> float:
@@ -170,6 +170,11 @@ class MinesTask:
             solved["periodic"] += any(ok)
         return {"safe walk": {k: v / len(problems) for k, v in solved.items()}}
 
+    def _safe_ops(self, a: int, b: int, before: int | None) -> str:
+        """The rule's safe moves at a state (for the reference walks and the corpus; `minefield`
+        replaces it, `gambles` keeps `mines`' window: its corpus is the `mines` base's)."""
+        return safe_moves(a, b)
+
     def _survives_walk(self, prompt: str, ops: str) -> bool:
         """Whether every move of `ops` from the prompt's start survives (the verdict's rule alone)."""
         (a, b), before = divmod(int(prompt.split()[0]), 10), None
@@ -186,10 +191,10 @@ class MinesTask:
         pairs = []
         for _ in range(n):
             start, n_moves = rng.randrange(100), rng.randint(1, self.max_moves)
-            (a, b), steps = divmod(start, 10), []
+            (a, b), steps, before = divmod(start, 10), [], None
             for left in range(n_moves - 1, -1, -1):
-                op = rng.choice(safe_moves(a, b) if rng.random() < self.rule_bias else "ABCD")
-                a, b = move(a, b, op)
+                op = rng.choice(self._safe_ops(a, b, before) if rng.random() < self.rule_bias else "ABCD")
+                before, (a, b) = a, move(a, b, op)
                 steps.append(f" {op}{a}{b}/{left}")
             pairs.append((f"{start:02d} {n_moves}:", "".join(steps) + f" ={a}{b}."))
         return pairs
