@@ -42,6 +42,21 @@ def render_walk(prompt: str, ops: str, answer: str | None = None) -> str:
     return steps + f" ={answer if answer is not None else f'{a}{b}'}."
 
 
+def wrong_walks(prompt: str, ops: str, first_mine: str, seed: int) -> list[str]:
+    """Wrong `mines`-format solutions built from the correct walk `ops`: garbage, cut or doubled walks,
+    a first move that is a mine, other digits and counts, and 500 random strings of the format's
+    characters (for the walk tasks' adversarial-verifier tests)."""
+    import re
+
+    rng = random.Random(seed)
+    good = render_walk(prompt, ops)
+    cases = ["", " ", ".", " =", " =00.", "\x00", "🙂" * 50, " A" * 400, good * 2,
+             render_walk(prompt, ops[:-1]), render_walk(prompt, ops + ops[-1]), render_walk(prompt, ops, "٣٣"),
+             render_walk(prompt, first_mine + ops[1:]), good.replace("/", "/0"),
+             re.sub(r"\d", "٣", good, count=1), good[:-1]]
+    return cases + ["".join(rng.choice(" ABCD0123456789/=.") for _ in range(rng.randrange(120))) for _ in range(500)]
+
+
 def render_sort(steps, answer: str) -> str:
     return "".join(f" {pos}:{state}/{left}" for pos, state, left in steps) + f" ={answer}."
 

@@ -2,14 +2,13 @@
 exact verifier that never raises, and a shipped base that knows nothing of the table."""
 
 import itertools
-import random
 import re
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import render_walk
+from conftest import render_walk, wrong_walks
 from prefixrl.models import builtin_task, resolve_model
 from prefixrl.tasks import Problem, load_task
 from prefixrl.tasks.minefield import FIELD, START, field_safe
@@ -65,12 +64,7 @@ def test_adversarial_output_never_raises_and_scores_zero(task):
     ops = problem.meta["reference"]
     (a, b) = divmod(int(problem.prompt.split()[0]), 10)
     mine = next(op for op in MOVES if not field_safe(START, a, b, op))
-    rng = random.Random(3)
-    cases = ["", " ", ".", " =", " =00.", "\x00", "🙂" * 50, " A" * 400, render(problem, ops) * 2,
-             render(problem, ops[:-1]), render(problem, ops + ops[-1]), render(problem, ops, "٣٣"),
-             render(problem, mine + ops[1:]), render(problem, ops).replace("/", "/0"),
-             re.sub(r"\d", "٣", render(problem, ops), count=1), render(problem, ops)[:-1]]
-    cases += ["".join(rng.choice(" ABCD0123456789/=.") for _ in range(rng.randrange(120))) for _ in range(500)]
+    cases = wrong_walks(problem.prompt, ops, mine, seed=3)
     for text in cases:
         assert task.verify(problem, text).reward == 0.0, text
     good = render(problem, ops)
