@@ -115,3 +115,11 @@ def test_shipped_base_executes_the_format_and_knows_nothing_of_the_field(task):
 
 def test_builtin_minefield_implies_its_task():
     assert builtin_task("builtin:minefield") == "minefield"
+
+
+def test_no_single_move_pattern_blind_to_the_pairs_solves_many_hard_problems(task):
+    """Some pattern of period <= 4 fits a quarter of the problems, but a different one each time:
+    the best single pattern (one habit a policy could learn instead of the table) solves few."""
+    measure = task.shortcuts(task.problems("train"))["safe walk"]
+    assert measure["constant"] == 0.0
+    assert measure["best pattern"] <= 0.1 < measure["periodic"] <= 0.4

@@ -160,14 +160,19 @@ class MinesTask:
     def shortcuts(self, problems: list[Problem]) -> dict[str, dict[str, float]]:
         """Share of problems that a move pattern blind to the pairs would solve: a constant move,
         or a pattern repeating with period 2 to 4 (a policy could learn such a pattern instead of
-        the rule). Counts a problem if any such pattern, cut to its length, is a safe walk."""
+        the rule). "constant" and "periodic" count a problem if any such pattern, cut to its length,
+        is a safe walk; "best pattern" is the share that the single best pattern solves (what one
+        learned habit would get: any-of-340 per problem is not something a policy can learn)."""
+        patterns = ["".join(pat) for period in (1, 2, 3, 4) for pat in itertools.product(MOVES, repeat=period)]
         solved = {"constant": 0, "periodic": 0}
+        per_pattern = [0] * len(patterns)
         for p in problems:
             n = int(p.prompt.rstrip(":").split()[1])
-            ok = [self._survives_walk(p.prompt, ("".join(pat) * n)[:n])
-                  for period in (1, 2, 3, 4) for pat in itertools.product(MOVES, repeat=period)]
+            ok = [self._survives_walk(p.prompt, (pat * n)[:n]) for pat in patterns]
             solved["constant"] += any(ok[:len(MOVES)])
             solved["periodic"] += any(ok)
+            per_pattern = [count + hit for count, hit in zip(per_pattern, ok)]
+        solved["best pattern"] = max(per_pattern)
         return {"safe walk": {k: v / len(problems) for k, v in solved.items()}}
 
     def _safe_ops(self, a: int, b: int, before: int | None) -> str:
