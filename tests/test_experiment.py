@@ -325,6 +325,17 @@ def test_the_shipped_experiment_configs_build(name):
         (headline.screen, headline.collect, headline.prefixes, headline.train, headline.sft, headline.budget_flops)
 
 
+@pytest.mark.parametrize("name", ["benchmark-minefield", "benchmark-mines", "benchmark-gambles"])
+def test_the_other_tasks_headline_configs_build_at_honest_scale(name):
+    """The other tasks' headlines: read as written, every main method, and the issue's honest scale
+    (>= 64 held-out problems, sft-rl tuned on a validation split, 3 seeds)."""
+    from prefixrl.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.from_yaml(f"configs/{name}.yaml")
+    assert {"prefixrl", "sft-rl", "rl"} <= set(cfg.methods) and len(cfg.seeds) == 3
+    assert cfg.heldout >= 64 and cfg.task_args["n_heldout"] >= 64 and cfg.sft.sweep_lr
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failed_run_is_named_at_once_and_the_others_go_on(tmp_path, workers):
     """A run that fails (here: hint prompts that leave no room for a whole solution) is reported by
