@@ -10,6 +10,7 @@ import zlib
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may be downloaded
 
 import pytest
+import torch
 
 from prefixrl.generate import Sample, SamplingParams
 from prefixrl.models import char_tokenizer
@@ -152,3 +153,13 @@ def record_sampler_params(monkeypatch, module) -> list[SamplingParams]:
 
     monkeypatch.setattr(module, "sampler_for", recording)
     return made
+
+
+@pytest.fixture
+def cpu_threads():
+    """Two threads (CI has two cores) unless OMP_NUM_THREADS says otherwise; restored after."""
+    before = torch.get_num_threads()
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0 else min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)

@@ -18,6 +18,9 @@ BENCHMARKS = ROOT / "benchmarks"
 SMOKE = {
     "claim_margin.py": (["--out", "{out}"], "| seed | threads | step 0 | step 1 |",
                         "lr0.0002-steps1-seed0-threads1/scores.json"),
+    "claim_margin.py --task minefield": (["--task", "minefield", "--out", "{out}"],
+                                         "| seed | threads | unprefixed signal 1-10 |",
+                                         "minefield-lr0.0002-steps1-seed0-threads1/scores.json"),
     "cross_family.py": (["--out", "{out}"], "| traces | prefixes | own training problems: pass@1 |", "README.md"),
     "headline.py": (["--out", "{out}", "--seeds", "0"], "| baseline | final pass@1 | speedup [90%] | final ratio [90%] |",
                     "seeds.yaml"),

@@ -14,11 +14,9 @@ unprefixed answers collapsed to a bare answer (" P 44."). `python benchmarks/cla
 it over seeds and threads; the README's demo shows it at 150 steps.
 """
 
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from prefixrl.files import read_jsonl
 from prefixrl.models import load_model, resolve_model
@@ -43,16 +41,6 @@ def demo(chain_task):
     traces = load_traces(TRACES)
     by_id = problems_by_id(chain_task)
     return traces, [by_id[t["problem_id"]] for t in traces]
-
-
-@pytest.fixture
-def cpu_threads():
-    """Two threads (CI has two cores) unless OMP_NUM_THREADS says otherwise; restored after."""
-    before = torch.get_num_threads()
-    wanted = os.environ.get("OMP_NUM_THREADS", "")
-    torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0 else min(2, os.cpu_count() or 1))
-    yield
-    torch.set_num_threads(before)
 
 
 def test_demo_traces_are_correct_and_fit(chain_task, demo):
