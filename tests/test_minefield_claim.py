@@ -27,7 +27,9 @@ TRACES = Path(__file__).parent / "data" / "minefield_traces.jsonl"
 # benchmarks/claim_margin.py --task minefield --steps 60 --seeds 0 1 2 --threads 1 2`): groups with a
 # gradient over steps 1-10, unprefixed 0.000-0.025, prefixed 0.40-0.45; prefixed reward, mean of steps
 # 1-10 -> 51-60, 0.09-0.105 -> 0.23-0.24, a gain of 0.128-0.147. Each threshold has at least 2x margin.
-# (At 40 steps the gain was 0.07-0.10: too close to noise for a test.)
+# (At 40 steps the gain was 0.07-0.10: too close to noise for a test.) The script's runs skip this
+# test's evaluation at step 0, so they are neighbouring trajectories, not this one: this test's own
+# run passed under OMP_NUM_THREADS=1 and =2.
 SETTINGS = TrainConfig(steps=60, problems_per_step=16, num_generations=8, lr=2e-4, max_completion_length=128,
                        eval_every=60, eval_n=16, save_every=10**6, seed=0)
 UNPREFIXED_SIGNAL = 0.1  # share of unprefixed groups with a gradient, steps 1-10: at most
