@@ -1,6 +1,6 @@
 """Cross-family traces: PrefixRL on traces another model wrote, with short and with long prefixes.
 
-    python benchmarks/cross_family.py [--own-data runs/benchmark] [--steps 120] [--out runs/cross-family]
+    python benchmarks/cross_family.py [--own-data runs/benchmark-chain] [--steps 120] [--out runs/cross-family]
 
 The policy is `builtin:chain` (character tokens, 3 layers x 128; 90% of its corpus declares
 strategy P). The other family, `builtin:chain-q`, differs in every way a tiny model can: tokenizer
@@ -10,7 +10,7 @@ by its problem and strategy, so two models differing only in weights write the s
 traces: style is what makes traces foreign here, as it does between real model families.)
 
 Both models collect traces for the hard problems the policy's screen finds (the data stages of
-`configs/benchmark.yaml`; `--own-data` reuses a run folder's). Then PrefixRL trains the policy four
+`configs/benchmark-chain.yaml`; `--own-data` reuses a run folder's). Then PrefixRL trains the policy four
 times with the same settings: {own, other} traces x {short (40-60% of the trace), long (60-80%)}
 prefixes, each on the problems its traces solve (the two sets overlap little: a quarter of the hard
 problems yield a trace within the cap). Held-out problems, never prefixed and the same for every
@@ -69,7 +69,7 @@ def summarize(run: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/benchmark.yaml", help="data stages and training settings")
+    parser.add_argument("--config", default="configs/benchmark-chain.yaml", help="data stages and training settings")
     parser.add_argument("--trace-model", default="builtin:chain-q", help="the other family")
     parser.add_argument("--own-data", default=None, help="a run folder whose data stages to reuse (default: OUT/own)")
     parser.add_argument("--steps", type=int, default=120)

@@ -1,6 +1,6 @@
 """Does a prefix help when the trace is written in a notation the policy never writes?
 
-    python benchmarks/notation.py [--traces runs/benchmark/traces/traces.jsonl] [--n 64]
+    python benchmarks/notation.py [--traces runs/benchmark-chain/traces/traces.jsonl] [--n 64]
 
 Takes the policy's own correct `chain` traces (a finished benchmark's) and rewrites each two moves
 per written step (" L40/16 L05/15" -> " LL05/15"): the same walk, in a layout the base model never
@@ -65,7 +65,7 @@ class ExpandingVerifier:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--traces", default="runs/benchmark/traces/traces.jsonl")
+    parser.add_argument("--traces", default="runs/benchmark-chain/traces/traces.jsonl")
     parser.add_argument("--model", default="builtin:chain")
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None, help="traces used (default: all)")

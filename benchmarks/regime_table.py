@@ -1,7 +1,7 @@
 """The regime table: several experiments' tasks side by side, each with its measured properties and
 who won (README, Headline results).
 
-    python benchmarks/regime_table.py runs/benchmark runs/benchmark-gambles [runs/benchmark-mines]
+    python benchmarks/regime_table.py runs/benchmark runs/benchmark-mines [runs/benchmark-chain]
 
 Each folder is a finished `prefixrl experiment`; its report's summary.json holds its task's row
 (prefixrl.regime: read from the experiment's own screening, collection, calibration and runs).

@@ -116,13 +116,14 @@ def test_shipped_configs_are_found_from_any_folder(tmp_path, monkeypatch, comman
     result, message = invoke(*command, "--out", tmp_path / "run", "--quiet")
     assert result.exit_code == 2 and "error: reached the data stages" in message, message
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["task"] == "chain" and config["model"] == "builtin:chain"
+    task = "minefield" if command == ["experiment", "benchmark"] else "chain"
+    assert config["task"] == task and config["model"] == f"builtin:{task}"
 
 
 def test_a_missing_config_names_the_shipped_ones(tmp_path):
     result, message = invoke("experiment", tmp_path / "nope.yaml", "--out", tmp_path / "run")
     assert result.exit_code == 2
-    assert f"{tmp_path / 'nope.yaml'}: no such config file; the shipped configs are ['adaptive', 'benchmark'," in message
+    assert f"{tmp_path / 'nope.yaml'}: no such config file; the shipped configs are ['adaptive', 'benchmark', 'benchmark-chain'," in message
 
 
 def test_a_full_disk_is_the_tools_error(sort_task, tmp_path, monkeypatch):
