@@ -321,6 +321,7 @@ def test_the_chain_experiment_configs_build(name):
     cfg, headline = ExperimentConfig.from_yaml(f"configs/{name}.yaml"), ExperimentConfig.from_yaml(
         "configs/benchmark-chain.yaml")
     assert set(cfg.methods) <= set(METHODS) and "prefixrl" in cfg.methods
+    assert headline.sft.sweep_lr and headline.sft.validation_problems  # sft-rl tuned, as on every task
     assert (cfg.screen, cfg.collect, cfg.prefixes, cfg.train, cfg.sft, cfg.budget_flops) == \
         (headline.screen, headline.collect, headline.prefixes, headline.train, headline.sft, headline.budget_flops)
 
