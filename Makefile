@@ -24,9 +24,12 @@ demo: setup
 # (and the CPU), so the learning-outcome tests' margins are measured at 1 and 2 threads
 # (benchmarks/claim_margin.py); `make test TEST_THREADS=2` runs them at 2.
 TEST_THREADS ?= 1
+# Test files run in TEST_WORKERS processes (pytest-xdist), a whole file to each, so the two slow claim
+# tests train side by side on a 2-core machine; TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 
 test: setup
-	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) runs

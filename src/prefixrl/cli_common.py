@@ -20,7 +20,9 @@ from rich.table import Table
 from prefixrl.config import SamplingParams, TrainConfig, default  # torch-free: `prefixrl --help` stays fast
 from prefixrl.files import InputError
 
-console = Console()
+# soft wrap: a message is never broken into lines by the tool (the terminal wraps it), so a path or a
+# config key in an error copies and greps whole, at any width (also where COLUMNS is 80, as in pytest-xdist)
+console = Console(soft_wrap=True)
 
 TASK = typer.Option(None, "--task", "-t", help="Built-in task name, or `module:Class` of your own task (default: "
                     "the task of a `builtin:TASK` model; otherwise required).")
