@@ -210,3 +210,15 @@ def test_resume_does_not_warn_about_tied_lm_head(sort_task, rows, tmp_path, capl
         trainer._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
     assert "missing keys" not in caplog.text
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+
+
+def test_a_resumed_stage_reports_the_wall_time_of_all_its_calls(tmp_path):
+    """Each call that finishes a stage adds its time to the manifest's (a resume keeps what the
+    earlier calls took); a folder that held another stage starts from zero."""
+    from prefixrl.runinfo import write_manifest
+
+    def wall(stage, seconds):
+        write_manifest(tmp_path, stage=stage, config={}, seed=0, flops=0.0, wall_time_s=seconds)
+        return json.loads((tmp_path / "manifest.json").read_text())["wall_time_s"]
+
+    assert (wall("collect", 100.0), wall("collect", 2.5), wall("screen", 4.0)) == (100.0, 102.5, 4.0)

@@ -38,13 +38,24 @@ def git_commit() -> str | None:
 
 def write_manifest(run_dir: str | Path, *, stage: str, config: dict, seed: int, flops: float,
                    wall_time_s: float, task=None, extra: dict | None = None) -> None:
-    """`task`: a task whose verifier keeps counts (math: timeouts, errors) has them recorded."""
+    """`task`: a task whose verifier keeps counts (math: timeouts, errors) has them recorded.
+    `wall_time_s` adds to the stage's earlier manifest, if any: a resumed stage reports all the time
+    its finished calls took, not only the last call's (a call killed before its end wrote none)."""
+    path = Path(run_dir) / "manifest.json"
     manifest = {"stage": stage, "config": config, "seed": seed, "flops": flops,
-                "wall_time_s": round(wall_time_s, 2), "versions": versions(), "git_commit": git_commit(),
-                **(extra or {})}
+                "wall_time_s": round(_earlier_wall_time(path, stage) + wall_time_s, 2), "versions": versions(),
+                "git_commit": git_commit(), **(extra or {})}
     if getattr(task, "verifier_stats", None) is not None:
         manifest["verifier"] = task.verifier_stats
-    atomic_write_text(Path(run_dir) / "manifest.json", json.dumps(manifest, indent=2, default=str))
+    atomic_write_text(path, json.dumps(manifest, indent=2, default=str))
+
+
+def _earlier_wall_time(path: Path, stage: str) -> float:
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0.0
+    return float(earlier.get("wall_time_s", 0.0)) if earlier.get("stage") == stage else 0.0
 
 
 # --- what a run folder holds: its identity, checked on every rerun, and one writer at a time ------
